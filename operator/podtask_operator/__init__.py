@@ -1,0 +1,1 @@
+"""The podtask operator: reconciles Task, TaskRun, Schedule, Queue and WaitToken."""

@@ -1,0 +1,1 @@
+"""podtask's resource API: models (the source of truth), durations, machine presets, CRDs."""
