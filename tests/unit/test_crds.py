@@ -36,6 +36,8 @@ def test_no_stray_crd_files() -> None:
 def _properties(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
     found = []
     for name, sub in schema.get("properties", {}).items():
+        if path == "" and name == "metadata":
+            continue  # the API server forbids describing metadata
         found.append((f"{path}.{name}", sub))
         found += _properties(sub, f"{path}.{name}")
     if isinstance(schema.get("items"), dict):
@@ -74,7 +76,9 @@ def test_cross_field_rules_become_cel() -> None:
     assert rules["delay and delayUntil are mutually exclusive: set at most one"] == (
         "(has(self.delay) ? 1 : 0) + (has(self.delayUntil) ? 1 : 0) <= 1"
     )
-    assert "payload and payloadFrom are mutually exclusive: set at most one" in rules
+    # payload is free-form JSON, which CEL cannot see: that rule stays in pydantic
+    # (and so in the operator, which fails such a run with InvalidSpec).
+    assert not any("payloadFrom" in rule for rule in rules.values())
 
 
 def test_taskrun_printer_columns() -> None:

@@ -81,10 +81,26 @@ class Model(BaseModel):
         return groups
 
     @classmethod
+    def _cel_can_see(cls, wire_name: str) -> bool:
+        """CEL cannot refer to an untyped (free-form JSON) field, not even with has()."""
+        field = next(f for f in cls.model_fields if cls._wire_name(f) == wire_name)
+        for meta in cls.model_fields[field].metadata:
+            if isinstance(meta, WithJsonSchema) and meta.json_schema is not None:
+                if "type" not in meta.json_schema:
+                    return False
+        return True
+
+    @classmethod
     def cel_rules(cls) -> list[dict[str, str]]:
-        """The CEL rules equivalent to this model's cross-field declarations."""
+        """The CEL rules equivalent to this model's cross-field declarations.
+
+        A group that names a free-form JSON field is enforced by pydantic only (the
+        operator then fails the run with a clear InvalidSpec reason).
+        """
         rules = []
         for names, comparison, message in cls._rule_groups():
+            if not all(cls._cel_can_see(name) for name in names):
+                continue
             count = " + ".join(f"(has(self.{name}) ? 1 : 0)" for name in names)
             rules.append({"rule": f"{count} {comparison}", "message": message})
         return rules

@@ -138,7 +138,7 @@ def _as_list(value: Any) -> list[dict[str, Any]]:
 
 def structural_errors(schema: dict[str, Any], path: str = "") -> list[str]:
     """Every way ``schema`` breaks the Kubernetes structural-schema rules."""
-    errors: list[str] = []
+    errors: list[str] = _metadata_errors(schema, path) if path == "" else []
     for where, node in _walk(schema, path):
         in_junctor = any(f".{j}[" in where for j in _JUNCTORS)
         for key in sorted(_FORBIDDEN & node.keys()):
@@ -174,6 +174,22 @@ def structural_errors(schema: dict[str, Any], path: str = "") -> list[str]:
     return errors
 
 
+def _metadata_errors(root: dict[str, Any], path: str) -> list[str]:
+    """At the root, metadata may say only that it is an object and restrict its names."""
+    metadata = root.get("properties", {}).get("metadata")
+    if metadata is None:
+        return []
+    errors = [
+        f"{path}.metadata: {key} is not allowed (only type and name/generateName restrictions)"
+        for key in sorted(set(metadata) - {"type", "properties"})
+    ]
+    errors += [
+        f"{path}.metadata.{name}: only name and generateName may be restricted"
+        for name in sorted(set(metadata.get("properties", {})) - {"name", "generateName"})
+    ]
+    return errors
+
+
 def _junctor_errors(node: dict[str, Any], where: str) -> list[str]:
     """Properties named inside a junctor must also be declared outside it."""
     declared = set(node.get("properties", {}))
@@ -198,7 +214,9 @@ def openapi_schema(resource: type[Resource]) -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "podtask.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"{resource.kind_name}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server owns metadata's schema: a CRD may only restrict name and
+            # generateName there (not even add a description).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
