@@ -85,9 +85,9 @@ class Model(BaseModel):
         """CEL cannot refer to an untyped (free-form JSON) field, not even with has()."""
         field = next(f for f in cls.model_fields if cls._wire_name(f) == wire_name)
         for meta in cls.model_fields[field].metadata:
-            if isinstance(meta, WithJsonSchema) and meta.json_schema is not None:
-                if "type" not in meta.json_schema:
-                    return False
+            schema = meta.json_schema if isinstance(meta, WithJsonSchema) else None
+            if schema is not None and "type" not in schema:
+                return False
         return True
 
     @classmethod

@@ -1,0 +1,1 @@
+"""Example projects and manifests for podtask."""
