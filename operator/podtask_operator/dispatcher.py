@@ -1,0 +1,334 @@
+"""The dispatcher: admits Queued runs into their queue's slots.
+
+One in-memory ``QueueState`` per queue, rebuilt from the API server on start
+(level-triggered).  Two durable records make the limit hold even across
+crashes or a doubled operator:
+
+* a **Lease** per occupied slot (``<queue>-<n>``, holder = the run's UID),
+  taken by create-if-absent *before* the run is marked Dequeued, so after a
+  restart the holders are known from the API server; and
+* a **ResourceQuota** per queue, scoped to the queue's PriorityClass with
+  ``pods`` = the limit: the API server itself refuses a pod over the limit,
+  whatever any operator believes.  Its 403 means "try later", never failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from podtask.api.v1alpha1 import API_VERSION, Phase, QueueSpec, QueueStatus
+from podtask_operator import kube as k
+from podtask_operator.kube import ApiError, Kube
+from podtask_operator.naming import fit, label_value
+from podtask_operator.queues import Limits, QueueState, RunKey
+from podtask_operator.settings import Settings
+
+log = logging.getLogger("podtask.dispatcher")
+
+QueueId = tuple[str, str]
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+QUOTAS = "/api/v1/namespaces/{namespace}/resourcequotas"
+PRIORITY_CLASSES = "/apis/scheduling.k8s.io/v1/priorityclasses"
+QUEUES = k.GROUP_PATH + "/namespaces/{namespace}/queues"
+LABEL_QUEUE = "podtask.dev/queue"
+LABEL_HOLDER = "podtask.dev/run-uid"
+HELD_PHASES = (Phase.DEQUEUED.value, Phase.EXECUTING.value)
+STATUS_INTERVAL = 5.0
+
+
+def priority_class_name(namespace: str, queue: str) -> str:
+    # A quota's scope selector holds the name as a label value: at most 63 characters.
+    return fit(f"podtask-{namespace}-{queue}", 63)
+
+
+def quota_name(queue: str) -> str:
+    return fit(f"podtask-queue-{queue}", 253)
+
+
+def lease_name(queue: str, slot: int) -> str:
+    return fit(f"podtask-{queue}", 240) + f"-{slot}"
+
+
+def _rank(run: dict[str, Any]) -> float:
+    created = run["metadata"].get("creationTimestamp")
+    stamp = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp() if created else 0
+    return float(stamp) - float(run.get("spec", {}).get("priority") or 0)
+
+
+class Dispatcher:
+    def __init__(self, kube: Kube, settings: Settings, wake: Callable[[RunKey], None]) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.wake = wake
+        self.specs: dict[QueueId, QueueSpec] = {}
+        self.states: dict[QueueId, QueueState] = {}
+        self.run_queue: dict[RunKey, QueueId] = {}
+        self.uids: dict[RunKey, str] = {}
+        self.ensured: dict[QueueId, tuple[Any, ...]] = {}
+        self.written: dict[QueueId, dict[str, Any]] = {}
+        # Per queue: two workers must not pick the same free slot at once.
+        self._locks: dict[QueueId, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ queues
+
+    def _limits(self, qid: QueueId) -> Limits:
+        spec = self.specs.get(qid)
+        return Limits.from_spec(spec) if spec else Limits(self.settings.default_queue_limit)
+
+    def state(self, qid: QueueId) -> QueueState:
+        state = self.states.get(qid)
+        if state is None:
+            state = self.states[qid] = QueueState(self._limits(qid))
+        return state
+
+    def on_queue(self, event: str | None, body: dict[str, Any]) -> None:
+        qid = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if event == "DELETED":
+            self.specs.pop(qid, None)
+        else:
+            try:
+                self.specs[qid] = QueueSpec.model_validate(body.get("spec") or {})
+            except ValidationError:
+                log.warning("queue %s/%s has an invalid spec; keeping the last good one", *qid)
+                return
+        state = self.state(qid)
+        state.limits = self._limits(qid)
+        self.ensured.pop(qid, None)  # the quota follows the new limit on next admission
+        for key in state.next_in_line(state.free):
+            self.wake(key)
+
+    def pod_priority_class(self, namespace: str, queue: str) -> str:
+        return priority_class_name(namespace, queue)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def prime(self, runs: dict[RunKey, dict[str, Any]]) -> None:
+        """Rebuild who holds which slot from run statuses and Leases."""
+        slots: dict[str, tuple[str, int]] = {}
+        namespaces = self.settings.namespaces or ("",)
+        for namespace in namespaces:
+            path = (
+                LEASES.format(namespace=namespace)
+                if namespace
+                else "/apis/coordination.k8s.io/v1/leases"
+            )
+            leases = await self.kube.list(path, labelSelector=LABEL_HOLDER)
+            for lease in leases.get("items", []):
+                meta = lease["metadata"]
+                holder = meta.get("labels", {}).get(LABEL_HOLDER, "")
+                slot = meta.get("annotations", {}).get("podtask.dev/slot")
+                if holder and slot is not None:
+                    slots[holder] = (meta["name"], int(slot))
+        for key, run in runs.items():
+            status = run.get("status") or {}
+            queue = status.get("queue")
+            if not queue:
+                continue
+            qid = (key[0], queue)
+            uid = run["metadata"]["uid"]
+            held = status.get("phase") in HELD_PHASES or uid in slots
+            if held and not Phase(status.get("phase") or "Queued").is_final:
+                state = self.state(qid)
+                slot = slots[uid][1] if uid in slots else state.lowest_free_slot()
+                state.admit(key, slot, run.get("spec", {}).get("concurrencyKey"), 0.0)
+                self.run_queue[key] = qid
+                self.uids[key] = uid
+        log.info(
+            "dispatcher primed: %d queues, %d slots held",
+            len(self.states),
+            sum(len(s.holders) for s in self.states.values()),
+        )
+
+    # ------------------------------------------------------------------ admission
+
+    async def acquire(self, key: RunKey, run: dict[str, Any], queue: str) -> bool:
+        qid = (key[0], queue)
+        state = self.state(qid)
+        concurrency_key = run.get("spec", {}).get("concurrencyKey")
+        self.run_queue[key] = qid
+        if key in state.holders:
+            return True
+        state.wait(key, _rank(run), concurrency_key)
+        now = time.monotonic()
+        async with self._locks.setdefault(qid, asyncio.Lock()):
+            if not state.may_admit(key, now):
+                reopen = state.rate_reopens_in(now)
+                if reopen > 0:
+                    asyncio.get_running_loop().call_later(reopen + 0.01, self.wake, key)
+                return False
+            await self._ensure_queue(qid, state.limits)
+            slot = state.lowest_free_slot()
+            if not await self._take_lease(qid, slot, run):
+                return False
+            state.admit(key, slot, concurrency_key, now)
+            self.uids[key] = run["metadata"]["uid"]
+        return True
+
+    async def release(self, key: RunKey, run: dict[str, Any] | None) -> None:
+        qid = self.run_queue.pop(key, None)
+        if qid is None:
+            return
+        state = self.states[qid]
+        slot = state.release(key)
+        uid = self.uids.pop(key, None)
+        if slot is not None:
+            await self._drop_lease(qid, slot, uid)
+            for waiting in state.next_in_line(state.free):
+                self.wake(waiting)
+
+    # ------------------------------------------------------------------ durable records
+
+    async def _take_lease(self, qid: QueueId, slot: int, run: dict[str, Any]) -> bool:
+        namespace, queue = qid
+        meta = run["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        name = lease_name(queue, slot)
+        lease: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {LABEL_QUEUE: label_value(queue), LABEL_HOLDER: meta["uid"]},
+                "annotations": {"podtask.dev/slot": str(slot), "podtask.dev/run": meta["name"]},
+                # The holder's deletion garbage-collects its Lease.
+                "ownerReferences": [
+                    {
+                        "apiVersion": API_VERSION,
+                        "kind": "TaskRun",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    }
+                ],
+            },
+            "spec": {"holderIdentity": meta["uid"], "acquireTime": now},
+        }
+        path = LEASES.format(namespace=namespace)
+        for _ in range(2):
+            try:
+                await self.kube.create(path, lease)
+                return True
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            existing = await self.kube.request("GET", f"{path}/{name}")
+            holder = existing.get("spec", {}).get("holderIdentity")
+            if holder == meta["uid"]:
+                return True  # ours, taken before a restart
+            if holder in self.uids.values():
+                return False  # a live holder we did not expect: never take its slot
+            # A leftover of a run that no longer holds it: remove exactly that object.
+            await self.kube.delete(f"{path}/{name}", uid=existing["metadata"]["uid"])
+        return False
+
+    async def _drop_lease(self, qid: QueueId, slot: int, uid: str | None) -> None:
+        namespace, queue = qid
+        path = f"{LEASES.format(namespace=namespace)}/{lease_name(queue, slot)}"
+        try:
+            existing = await self.kube.request("GET", path)
+        except ApiError as error:
+            if error.status == 404:
+                return
+            raise
+        if uid is None or existing.get("spec", {}).get("holderIdentity") == uid:
+            await self.kube.delete(path, uid=existing["metadata"]["uid"])
+
+    async def _ensure_queue(self, qid: QueueId, limits: Limits) -> None:
+        """The queue's PriorityClass and ResourceQuota, created or updated once per limit."""
+        spec = self.specs.get(qid)
+        resources = spec.resources if spec else None
+        wanted = (
+            limits.concurrency,
+            resources.cpu if resources else None,
+            resources.memory if resources else None,
+        )
+        if self.ensured.get(qid) == wanted:
+            return
+        namespace, queue = qid
+        priority_class = priority_class_name(namespace, queue)
+        try:
+            await self.kube.create(
+                PRIORITY_CLASSES,
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {
+                        "name": priority_class,
+                        "labels": {
+                            "app.kubernetes.io/managed-by": "podtask",
+                            LABEL_QUEUE: label_value(queue),
+                        },
+                    },
+                    # Equal values and no preemption: the class only scopes the quota.
+                    "value": 0,
+                    "preemptionPolicy": "Never",
+                    "globalDefault": False,
+                    "description": f"podtask queue {namespace}/{queue}",
+                },
+            )
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        hard: dict[str, str] = {"pods": str(limits.concurrency)}
+        if resources and resources.cpu is not None:
+            hard["limits.cpu"] = str(resources.cpu)
+        if resources and resources.memory is not None:
+            hard["limits.memory"] = str(resources.memory)
+        quota = {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {
+                "name": quota_name(queue),
+                "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "podtask",
+                    LABEL_QUEUE: label_value(queue),
+                },
+            },
+            "spec": {
+                "hard": hard,
+                "scopeSelector": {
+                    "matchExpressions": [
+                        {"scopeName": "PriorityClass", "operator": "In", "values": [priority_class]}
+                    ]
+                },
+            },
+        }
+        path = QUOTAS.format(namespace=namespace)
+        try:
+            await self.kube.create(path, quota)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            await self.kube.merge_patch(f"{path}/{quota_name(queue)}", {"spec": {"hard": hard}})
+        self.ensured[qid] = wanted
+
+    # ------------------------------------------------------------------ Queue status
+
+    async def write_statuses(self) -> None:
+        """Queue status (running, queued) for Queue objects, written only on change."""
+        for qid in list(self.specs):
+            state = self.state(qid)
+            status = QueueStatus(running=len(state.holders), queued=len(state.waiting)).to_wire()
+            if self.written.get(qid) == status:
+                continue
+            try:
+                await self.kube.merge_patch(
+                    f"{QUEUES.format(namespace=qid[0])}/{qid[1]}/status", {"status": status}
+                )
+                self.written[qid] = status
+            except ApiError as error:
+                if error.status != 404:
+                    log.warning("could not write status of queue %s/%s: %s", *qid, error)
+
+    async def status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            await self.write_statuses()

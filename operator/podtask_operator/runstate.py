@@ -1,0 +1,614 @@
+"""The run state machine: what to do next with one TaskRun, as a pure function.
+
+``decide`` reads the run as stored in the API server, its Task, its pods and
+what its pod reported over the run API, and returns the actions that move the
+run on: a status patch, a pod to create, pods to delete, Events, a time to look
+again.  It performs no I/O, so the whole life of a run is unit-tested without a
+cluster, and after an operator restart the same inputs give the same decision
+(level-triggered: nothing here depends on having seen an earlier event).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from podtask import outputs
+from podtask.api.base import Condition
+from podtask.api.durations import format_duration, parse_duration
+from podtask.api.v1alpha1 import (
+    Attempt,
+    OutputRef,
+    Phase,
+    RunError,
+    TaskRunSpec,
+    TaskRunStatus,
+    TaskSpec,
+)
+from podtask.protocol import EXIT_CANCELED, Completion, Failure
+from podtask_operator import backoff, naming
+from podtask_operator.settings import Settings
+
+# Trigger.dev's error codes, so errors read the same on both platforms.
+OOM_KILLED = "TASK_PROCESS_OOM_KILLED"
+MAX_DURATION_EXCEEDED = "MAX_DURATION_EXCEEDED"
+HEARTBEAT_TIMEOUT = "TASK_RUN_HEARTBEAT_TIMEOUT"
+PROCESS_EXITED = "TASK_PROCESS_EXITED"
+COULD_NOT_FIND_TASK = "COULD_NOT_FIND_TASK"
+INVALID_SPEC = "INVALID_SPEC"
+OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
+INFRA_RETRIES_EXHAUSTED = "INFRASTRUCTURE_RETRIES_EXHAUSTED"
+NO_OUTCOME_REPORTED = "NO_OUTCOME_REPORTED"
+
+# A pod may outlive maxDuration by this much before the operator stops it itself
+# (the node enforces activeDeadlineSeconds first; this covers a node that doesn't).
+DEADLINE_SLACK = 30.0
+DELETING_RECHECK = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """The facts about one attempt pod that decisions depend on."""
+
+    name: str
+    phase: str
+    deleting: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    disrupted: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running"
+
+    @classmethod
+    def from_pod(cls, pod: dict[str, Any]) -> PodView:
+        status = pod.get("status") or {}
+        terminated: dict[str, Any] = {}
+        running_since = None
+        for container in status.get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if "terminated" in state:
+                terminated = state["terminated"]
+            if "running" in state:
+                running_since = state["running"].get("startedAt")
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        reason = status.get("reason") or terminated.get("reason")
+        return cls(
+            name=pod["metadata"]["name"],
+            phase=status.get("phase") or "Pending",
+            deleting=bool(pod["metadata"].get("deletionTimestamp")),
+            exit_code=terminated.get("exitCode"),
+            reason=reason,
+            message=status.get("message") or terminated.get("message"),
+            started_at=_time(terminated.get("startedAt") or running_since),
+            finished_at=_time(terminated.get("finishedAt")),
+            disrupted=conditions.get("DisruptionTarget") == "True" or reason == "Evicted",
+        )
+
+
+@dataclass(slots=True)
+class Reports:
+    """What the run's pod said over the run API and is not yet in the status."""
+
+    started: int | None = None
+    completion: Completion | None = None
+    failure: Failure | None = None
+    metadata: dict[str, Any] | None = None
+    last_heartbeat: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlan:
+    name: str
+    attempt: int
+    machine: str
+    queue: str
+    max_duration: str | None
+    snapshot: TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Decision:
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    """What changed, as a JSON merge patch of /status (empty: nothing to write)."""
+    status: dict[str, Any] | None = None
+    """The whole new status when anything changed.  It is written whole (a JSON Patch
+    ``add /status``), not as the merge patch: in a merge patch a null means "delete",
+    which would drop the nulls inside outputs and metadata."""
+    create_pod: PodPlan | None = None
+    delete_pods: list[str] = field(default_factory=list)
+    output_chunks: list[tuple[str, bytes]] = field(default_factory=list)
+    """Secrets to write (name, bytes) before the status that names them."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_run: bool = False
+    wants_slot: bool = False
+    """The run is Queued and eligible: the dispatcher should admit it."""
+    queue: str | None = None
+    """The run's queue as of this decision (a new run gets it in this very decision)."""
+    holds_slot: bool = False
+    """The run occupies a queue slot after this decision (Dequeued/Executing)."""
+
+    def wake_in(self, seconds: float) -> None:
+        seconds = max(seconds, 0.05)
+        self.requeue_after = (
+            seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+        )
+
+
+@dataclass(slots=True)
+class RunFacts:
+    """Everything ``decide`` reads, gathered by the controller."""
+
+    run: dict[str, Any]
+    task: TaskSpec | None
+    pods: dict[str, PodView]
+    reports: Reports
+    now: datetime
+    slot_granted: bool = False
+    operator_started: datetime | None = None
+    default_queue: str | None = None
+
+
+def _time(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration).total_seconds()
+
+
+class _Run:
+    """One decision in the making: the run's spec, a mutable copy of its status."""
+
+    def __init__(self, facts: RunFacts, settings: Settings, rng: random.Random) -> None:
+        self.facts = facts
+        self.settings = settings
+        self.rng = rng
+        self.now = facts.now
+        self.name: str = facts.run["metadata"]["name"]
+        self.created = _time(facts.run["metadata"].get("creationTimestamp")) or self.now
+        self.old_status = facts.run.get("status") or {}
+        self.status = TaskRunStatus.model_validate(self.old_status)
+        self.decision = Decision()
+        self.spec: TaskRunSpec | None = None
+        self.spec_error: str | None = None
+        try:
+            self.spec = TaskRunSpec.model_validate(facts.run.get("spec") or {})
+        except ValidationError as error:
+            self.spec_error = "; ".join(
+                f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def set_phase(self, phase: Phase, message: str = "", warning: bool = False) -> None:
+        if self.status.phase != phase:
+            self.status.phase = phase
+            self.decision.events.append(
+                Event("Warning" if warning else "Normal", phase.value, message or phase.value)
+            )
+        if phase.is_final:
+            self.status.finished_at = self.status.finished_at or self.now
+            self.status.next_attempt_at = None
+            if self.status.started_at:
+                self.status.duration = format_duration(
+                    (self.status.finished_at - self.status.started_at).total_seconds() // 1
+                )
+
+    def current(self) -> Attempt | None:
+        attempts = self.status.attempts
+        return attempts[-1] if attempts and attempts[-1].finished_at is None else None
+
+    def end_attempt(
+        self,
+        *,
+        reason: str,
+        exit_code: int | None = None,
+        message: str | None = None,
+        counted: bool = True,
+        finished_at: datetime | None = None,
+    ) -> None:
+        attempt = self.current()
+        if attempt is None:
+            return
+        attempt.finished_at = finished_at or self.now
+        attempt.reason = reason
+        attempt.exit_code = exit_code
+        attempt.message = message[:1024] if message else None
+        attempt.counted = counted
+
+    @property
+    def max_attempts(self) -> int:
+        assert self.spec is not None and self.status.task_snapshot is not None
+        return self.spec.max_attempts or self.status.task_snapshot.retry.max_attempts
+
+    def fail(self, phase: Phase, error_type: str, message: str) -> None:
+        self.status.error = RunError(type=error_type, message=message)
+        self.set_phase(phase, message, warning=True)
+
+    def retry_later(self, delay: float, why: str) -> None:
+        self.status.next_attempt_at = self.now + timedelta(seconds=delay)
+        self.status.phase = Phase.QUEUED  # no Event: the Retrying Event says it
+        self.decision.events.append(Event("Normal", "Retrying", f"{why}; retry in {delay:.1f}s"))
+        self.decision.wake_in(delay)
+
+    def patch(self) -> dict[str, Any]:
+        return _merge_diff(self.old_status, self.status.to_wire())
+
+
+def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``.
+
+    A merge patch merges objects key by key, so an object that lost keys (an
+    error without the previous stack, metadata with a key removed) must list
+    them as null; sending the new object whole would keep the old keys.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = _merge_diff(before, value)
+            if inner:
+                patch[key] = inner
+        elif before != value:
+            patch[key] = value
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
+def decide(facts: RunFacts, settings: Settings, rng: random.Random | None = None) -> Decision:
+    run = _Run(facts, settings, rng or random.Random())
+    phase = run.status.phase
+    if phase is not None and phase.is_final:
+        _finished(run)
+    elif run.spec is None:
+        _invalid(run)
+    elif run.spec.cancel:
+        _cancel(run)
+    elif phase is None or phase == Phase.DELAYED:
+        _admit_to_queue(run)
+    elif phase == Phase.QUEUED:
+        _queued(run)
+    elif phase in (Phase.DEQUEUED, Phase.EXECUTING):
+        _in_flight(run)
+    else:
+        # Waiting is resumed by the waits machinery; look again now and then.
+        run.decision.wake_in(30)
+    if run.status.phase is not None and run.status.phase.is_final and phase != run.status.phase:
+        _finished(run)
+    run.decision.status_patch = run.patch()
+    if run.decision.status_patch:
+        run.decision.status = run.status.to_wire()
+    run.decision.holds_slot = run.status.phase in (Phase.DEQUEUED, Phase.EXECUTING)
+    run.decision.queue = run.status.queue
+    return run.decision
+
+
+# ---------------------------------------------------------------------- phases
+
+
+def _invalid(run: _Run) -> None:
+    message = f"invalid TaskRun: {run.spec_error}"
+    run.status.conditions = [
+        Condition(
+            type="Valid",
+            status="False",
+            reason="InvalidSpec",
+            message=message[:1024],
+            last_transition_time=run.now.isoformat(),
+        )
+    ]
+    run.fail(Phase.FAILED, INVALID_SPEC, message)
+
+
+def _cancel(run: _Run) -> None:
+    run.end_attempt(reason="Canceled")
+    run.set_phase(Phase.CANCELED, "canceled by spec.cancel")
+
+
+def _admit_to_queue(run: _Run) -> None:
+    spec = run.spec
+    assert spec is not None
+    run.status.created_at = run.status.created_at or run.created
+    delay_until = spec.delay_until or (
+        run.created + timedelta(seconds=_seconds(spec.delay)) if spec.delay else None
+    )
+    if delay_until is not None and delay_until.tzinfo is None:
+        # A zone-less date-time (the CRD's format admits one) is UTC, as in Go;
+        # comparing it with the aware clock would raise on every reconcile.
+        delay_until = delay_until.replace(tzinfo=UTC)
+    if delay_until is not None and delay_until > run.now:
+        run.set_phase(Phase.DELAYED, f"delayed until {delay_until.isoformat()}")
+        run.status.next_attempt_at = delay_until
+        run.decision.wake_in((delay_until - run.now).total_seconds())
+        return
+    task = run.facts.task
+    if task is None:
+        waited = (run.now - run.created).total_seconds()
+        if waited < run.settings.task_grace:
+            run.decision.wake_in(run.settings.task_grace - waited)
+            return
+        run.fail(Phase.FAILED, COULD_NOT_FIND_TASK, f"Task {spec.task!r} does not exist")
+        return
+    run.status.task_snapshot = task
+    run.status.machine = spec.machine or task.machine
+    run.status.queue = (
+        spec.queue or task.queue or run.facts.default_queue or naming.default_queue(spec.task)
+    )
+    run.status.queued_at = run.now
+    run.status.next_attempt_at = None
+    ttl = spec.ttl or task.ttl
+    if ttl:
+        run.status.expires_at = run.now + timedelta(seconds=_seconds(ttl))
+    if spec.metadata is not None and run.status.metadata is None:
+        run.status.metadata = spec.metadata
+    run.set_phase(Phase.QUEUED, f"queued in {run.status.queue}")
+    _queued(run)
+
+
+def _queued(run: _Run) -> None:
+    status = run.status
+    if status.expires_at and status.attempt is None and status.expires_at <= run.now:
+        run.fail(Phase.EXPIRED, "EXPIRED", "ttl passed before the run started")
+        return
+    if status.next_attempt_at and status.next_attempt_at > run.now:
+        run.decision.wake_in((status.next_attempt_at - run.now).total_seconds())
+        return
+    if not run.facts.slot_granted:
+        run.decision.wants_slot = True
+        if status.expires_at and status.attempt is None:
+            run.decision.wake_in((status.expires_at - run.now).total_seconds())
+        return
+    _start_attempt(run)
+
+
+def _start_attempt(run: _Run) -> None:
+    status = run.status
+    assert run.spec is not None and status.task_snapshot is not None
+    last = status.attempts[-1] if status.attempts else None
+    if last is not None and not last.counted:
+        number = last.number  # an infrastructure failure re-runs the same attempt
+        reruns = sum(1 for a in status.attempts if a.number == number)
+    else:
+        number, reruns = (status.attempt or 0) + 1, 0
+    pod = naming.pod_name(run.name, number, reruns)
+    machine = status.machine or status.task_snapshot.machine
+    status.attempt = number
+    status.next_attempt_at = None
+    status.attempts.append(Attempt(number=number, pod=pod, machine=machine))
+    run.set_phase(Phase.DEQUEUED, f"attempt {number}: creating pod {pod}")
+    run.decision.create_pod = PodPlan(
+        name=pod,
+        attempt=number,
+        machine=machine,
+        queue=status.queue or "",
+        max_duration=run.spec.max_duration or status.task_snapshot.max_duration,
+        snapshot=status.task_snapshot,
+    )
+
+
+def _in_flight(run: _Run) -> None:
+    attempt = run.current()
+    reports = run.facts.reports
+    if reports.metadata is not None:
+        run.status.metadata = reports.metadata
+    if attempt is None:  # status and pods disagree (should not happen): requeue cleanly
+        run.status.phase = Phase.QUEUED
+        run.decision.wake_in(0)
+        return
+    pod = run.facts.pods.get(attempt.pod)
+    if reports.completion is not None and reports.completion.attempt == attempt.number:
+        _complete(run, reports.completion, pod)
+        return
+    if reports.failure is not None and reports.failure.attempt == attempt.number:
+        _failed(run, reports.failure)
+        return
+    if pod is not None and pod.terminal:
+        _pod_ended(run, pod)
+        return
+    if pod is None:
+        if run.status.phase == Phase.DEQUEUED and attempt.started_at is None:
+            # Not created yet, or the create was lost in a restart: same name, so
+            # creating again is harmless (409 if it is there after all).
+            assert run.status.task_snapshot is not None and run.spec is not None
+            run.decision.create_pod = PodPlan(
+                name=attempt.pod,
+                attempt=attempt.number,
+                machine=attempt.machine or run.status.task_snapshot.machine,
+                queue=run.status.queue or "",
+                max_duration=run.spec.max_duration or run.status.task_snapshot.max_duration,
+                snapshot=run.status.task_snapshot,
+            )
+            return
+        _infra_failure(run, "the pod disappeared (deleted behind the operator's back)")
+        return
+    if pod.deleting:
+        run.decision.wake_in(DELETING_RECHECK)
+        return
+    # Executing means the runner is running the attempt: it fetched its context, or
+    # (after an operator restart lost that report) it sends heartbeats.  A pod that
+    # is merely Running may still be importing the user's code.
+    started = reports.started == attempt.number or reports.last_heartbeat is not None
+    if started and run.status.phase == Phase.DEQUEUED:
+        attempt.started_at = run.now
+        run.status.started_at = run.status.started_at or attempt.started_at
+        run.set_phase(Phase.EXECUTING, f"attempt {attempt.number} running in {attempt.pod}")
+    if run.status.phase == Phase.EXECUTING:
+        _watch_liveness(run, attempt, pod)
+
+
+def _watch_liveness(run: _Run, attempt: Attempt, pod: PodView) -> None:
+    settings = run.settings
+    beat = run.facts.reports.last_heartbeat
+    # An operator restart forgets heartbeats, so its start time counts as one.
+    candidates = [t for t in (beat, attempt.started_at, run.facts.operator_started) if t]
+    since = max(candidates, default=run.now)
+    silent = (run.now - since).total_seconds()
+    if silent > settings.heartbeat_timeout:
+        run.end_attempt(reason="HeartbeatTimeout", message=f"no heartbeat for {silent:.0f}s")
+        run.fail(Phase.CRASHED, HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.0f}s")
+        return
+    run.decision.wake_in(settings.heartbeat_timeout - silent + 1)
+    assert run.spec is not None and run.status.task_snapshot is not None
+    max_duration = run.spec.max_duration or run.status.task_snapshot.max_duration
+    if max_duration and attempt.started_at:
+        over = (run.now - attempt.started_at).total_seconds() - _seconds(max_duration)
+        if over > DEADLINE_SLACK:
+            run.end_attempt(reason="DeadlineExceeded", message="maxDuration exceeded")
+            run.fail(Phase.TIMED_OUT, MAX_DURATION_EXCEEDED, f"ran longer than {max_duration}")
+            return
+        run.decision.wake_in(DEADLINE_SLACK - over + 1)
+
+
+def _complete(run: _Run, completion: Completion, pod: PodView | None) -> None:
+    data = outputs.encode(completion.output)
+    status = run.status
+    if len(data) > outputs.MAX_OUTPUT_BYTES:
+        run.end_attempt(reason="Error", message="output too large")
+        run.fail(
+            Phase.FAILED,
+            OUTPUT_TOO_LARGE,
+            f"output is {len(data)} bytes; the limit is {outputs.MAX_OUTPUT_BYTES}",
+        )
+        return
+    if len(data) > run.settings.output_inline_limit:
+        chunks = outputs.split(data)
+        names = [naming.output_secret(run.name, i) for i in range(len(chunks))]
+        run.decision.output_chunks = list(zip(names, chunks, strict=True))
+        status.output_ref = OutputRef(
+            kind="Secret", names=names, size=len(data), sha256=outputs.digest(data)
+        )
+        status.output = None
+    else:
+        status.output = completion.output
+        status.output_ref = None
+    status.error = None
+    run.end_attempt(reason="Completed", exit_code=0)
+    run.set_phase(Phase.COMPLETED, f"completed on attempt {status.attempt}")
+
+
+def _failed(run: _Run, failure: Failure) -> None:
+    run.end_attempt(reason="Error", exit_code=None, message=failure.error.message)
+    run.status.error = failure.error
+    number = run.status.attempt or 1
+    if failure.retry.skip:
+        run.fail(Phase.FAILED, failure.error.type, failure.error.message)
+        run.status.error = failure.error
+        return
+    if number >= run.max_attempts:
+        run.set_phase(
+            Phase.FAILED,
+            f"{failure.error.type}: {failure.error.message} (attempt {number} "
+            f"of {run.max_attempts})",
+            warning=True,
+        )
+        return
+    assert run.status.task_snapshot is not None
+    delay = failure.retry.delay_seconds
+    if delay is None:
+        delay = backoff.retry_delay(run.status.task_snapshot.retry, number, run.rng)
+    run.retry_later(delay, f"attempt {number} failed: {failure.error.type}")
+
+
+def _pod_ended(run: _Run, pod: PodView) -> None:
+    """The pod ended without reporting an outcome over the run API."""
+    assert run.status.task_snapshot is not None
+    number = run.status.attempt or 1
+    detail = f"exit code {pod.exit_code}" + (f" ({pod.reason})" if pod.reason else "")
+
+    def end(reason: str) -> None:
+        run.end_attempt(
+            reason=reason, exit_code=pod.exit_code, message=pod.message, finished_at=pod.finished_at
+        )
+
+    # First: activeDeadlineSeconds stops the container with SIGTERM (exit 143),
+    # which is maxDuration at work, not the cluster stopping the pod.
+    if pod.reason == "DeadlineExceeded":
+        end("DeadlineExceeded")
+        max_duration = run.spec.max_duration if run.spec else None
+        limit = max_duration or run.status.task_snapshot.max_duration
+        run.fail(Phase.TIMED_OUT, MAX_DURATION_EXCEEDED, f"ran longer than maxDuration {limit}")
+        return
+    if pod.disrupted or (pod.exit_code == EXIT_CANCELED and pod.reason != "OOMKilled"):
+        _infra_failure(run, f"pod {pod.name} was stopped by the cluster: {detail}")
+        return
+    if pod.reason == "OOMKilled":
+        end("OOMKilled")
+        policy = run.status.task_snapshot.retry.out_of_memory
+        if policy is not None and number < run.max_attempts:
+            run.status.machine = policy.machine
+            delay = backoff.retry_delay(run.status.task_snapshot.retry, number, run.rng)
+            run.retry_later(delay, f"attempt {number} was OOMKilled; retrying on {policy.machine}")
+            return
+        run.fail(Phase.CRASHED, OOM_KILLED, f"attempt {number} ran out of memory ({detail})")
+        return
+    if pod.exit_code == 0:
+        end("Completed")
+        run.fail(
+            Phase.SYSTEM_FAILURE,
+            NO_OUTCOME_REPORTED,
+            "the runner exited without reporting an outcome",
+        )
+        return
+    end(pod.reason or "Error")
+    run.fail(Phase.CRASHED, PROCESS_EXITED, f"the task process crashed: {detail}")
+
+
+def _infra_failure(run: _Run, why: str) -> None:
+    run.end_attempt(reason="InfrastructureFailure", message=why, counted=False)
+    uncounted = sum(1 for a in run.status.attempts if not a.counted)
+    if uncounted > run.settings.infra_retry_limit:
+        run.fail(
+            Phase.SYSTEM_FAILURE,
+            INFRA_RETRIES_EXHAUSTED,
+            f"{why}; gave up after {uncounted} infrastructure failures",
+        )
+        return
+    run.retry_later(0, why + " (not counted as an attempt)")
+
+
+def _finished(run: _Run) -> None:
+    status = run.status
+    last_pod = status.attempts[-1].pod if status.attempts else None
+    keep_last = run.settings.keep_failed_pods and status.phase != Phase.COMPLETED
+    for name, pod in run.facts.pods.items():
+        if pod.deleting:
+            continue
+        if pod.terminal and keep_last and name == last_pod:
+            continue
+        if pod.terminal or status.phase != Phase.COMPLETED:
+            run.decision.delete_pods.append(name)
+        else:
+            run.decision.wake_in(DELETING_RECHECK)  # let a finished runner exit by itself
+    finished = status.finished_at or run.now
+    remaining = (finished - run.now).total_seconds() + run.settings.ttl_after_finished
+    if remaining <= 0:
+        run.decision.delete_run = True
+    else:
+        run.decision.wake_in(remaining)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,79 @@
+"""Operator settings, read once from the environment (the chart sets them).
+
+Every knob has a default that works on a real cluster; tests shorten the
+timeouts through the same variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from podtask.api.durations import parse_duration
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"PODTASK_{name}", default)
+
+
+def _seconds(name: str, default: str) -> float:
+    return parse_duration(_env(name, default)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means the whole cluster."""
+    operator_namespace: str = "podtask-system"
+    api_host: str = "0.0.0.0"
+    api_port: int = 8080
+    api_url: str = "http://podtask-operator.podtask-system.svc:8080"
+    """The run API's address as run pods reach it."""
+    api_key_secret: str = "podtask-run-api-key"
+    run_api_key: bytes | None = None
+    """Fixed HMAC key for run tokens; when unset it lives in api_key_secret."""
+    output_inline_limit: int = 256 * 1024
+    heartbeat_timeout: float = 300.0
+    heartbeat_interval: float = 30.0
+    task_grace: float = 10.0
+    """How long a run waits for its Task to appear before failing (kubectl apply -f dir/
+    may create the run before the Task)."""
+    infra_retry_limit: int = 5
+    keep_failed_pods: bool = True
+    ttl_after_finished: float = 7 * 86400.0
+    cancel_grace_seconds: int = 30
+    workers: int = 16
+    default_queue_limit: int = 100
+    """Concurrency of a queue no Queue object describes (Trigger.dev self-hosted: 100)."""
+    cpu_request_ratio: float = 1.0
+    memory_request_ratio: float = 1.0
+    run_as_user: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        namespaces = tuple(n for n in _env("NAMESPACES", "").split(",") if n)
+        key = _env("RUN_API_KEY", "")
+        run_as_user = _env("RUN_AS_USER", "")
+        return cls(
+            namespaces=namespaces,
+            operator_namespace=_env("OPERATOR_NAMESPACE", cls.operator_namespace),
+            api_host=_env("API_HOST", cls.api_host),
+            api_port=int(_env("API_PORT", str(cls.api_port))),
+            api_url=_env("API_URL", cls.api_url),
+            api_key_secret=_env("API_KEY_SECRET", cls.api_key_secret),
+            run_api_key=key.encode() if key else None,
+            output_inline_limit=int(_env("OUTPUT_INLINE_LIMIT", str(cls.output_inline_limit))),
+            heartbeat_timeout=_seconds("HEARTBEAT_TIMEOUT", "5m"),
+            heartbeat_interval=_seconds("HEARTBEAT_INTERVAL", "30s"),
+            task_grace=_seconds("TASK_GRACE", "10s"),
+            infra_retry_limit=int(_env("INFRA_RETRY_LIMIT", str(cls.infra_retry_limit))),
+            keep_failed_pods=_env("KEEP_FAILED_PODS", "true").lower() == "true",
+            ttl_after_finished=_seconds("TTL_AFTER_FINISHED", "7d"),
+            cancel_grace_seconds=int(_env("CANCEL_GRACE_SECONDS", "30")),
+            workers=int(_env("WORKERS", str(cls.workers))),
+            default_queue_limit=int(_env("DEFAULT_QUEUE_LIMIT", str(cls.default_queue_limit))),
+            cpu_request_ratio=float(_env("CPU_REQUEST_RATIO", "1")),
+            memory_request_ratio=float(_env("MEMORY_REQUEST_RATIO", "1")),
+            run_as_user=int(run_as_user) if run_as_user else None,
+        )
