@@ -32,12 +32,13 @@ lint: install ## ruff and mypy --strict
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-crds: install ## Regenerate crds/ from the pydantic models
+crds: install ## Regenerate crds/ (and the chart's CRD templates) from the pydantic models
 	$(BIN)/python -m podtask.api.crd crds
+	$(BIN)/python -m podtask.api.chart_crds crds charts/podtask
 
-crds-check: install ## Fail when crds/ drifted from the models
-	$(BIN)/python -m podtask.api.crd crds
-	git diff --exit-code -- crds/ || { echo "crds/ is out of date: run make crds and commit"; exit 1; }
+crds-check: crds ## Fail when crds/ or the chart's CRDs drifted from the models
+	git diff --exit-code -- crds/ charts/podtask/templates/crds/ \
+	  || { echo "generated CRDs are out of date: run make crds and commit"; exit 1; }
 
 test-unit: install ## Unit tests only (no cluster, seconds)
 	$(PYTEST) tests/unit -q

@@ -7,6 +7,7 @@ stay plain dicts (no model (de)serialisation on every pod and status write).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from kubernetes_asyncio import client, config
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 GROUP_PATH = "/apis/podtask.dev/v1alpha1"
+THROTTLE_RETRIES = 8
 
 
 class ApiError(Exception):
@@ -58,6 +60,25 @@ class Kube:
         *,
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One API call; 429 and 503 (throttled, or storage still initialising right
+        after a CRD was installed) are retried briefly, as client-go does."""
+        for attempt in range(THROTTLE_RETRIES):
+            try:
+                return await self._request_once(method, path, body, query, content_type)
+            except ApiError as error:
+                if error.status not in (429, 503) or attempt == THROTTLE_RETRIES - 1:
+                    raise
+                await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: dict[str, str] | None,
+        content_type: str,
     ) -> dict[str, Any]:
         response = await self.api.call_api(
             path,

@@ -70,7 +70,7 @@ class OperatorProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.process.returncode}: {self.log()}")
@@ -80,6 +80,7 @@ class OperatorProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.kill()  # never leave a half-started operator behind
         raise RuntimeError(f"operator did not come up: {self.log()}")
 
     def kill(self) -> None:
@@ -127,7 +128,11 @@ def apply_task(
 
 
 def create_run(
-    api: ApiClient, namespace: str, task: str, payload: Any = None, name: str | None = None,
+    api: ApiClient,
+    namespace: str,
+    task: str,
+    payload: Any = None,
+    name: str | None = None,
     **spec: Any,
 ) -> str:
     metadata = {"name": name} if name else {"generateName": f"{task.replace('.', '-')}-"}

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,6 @@ KUBECTL = Path(sys.executable).with_name("kubectl")
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def operator(
-    kubeconfig: Path, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator"))
-    process.start()
-    yield process
-    process.stop()
-
-
 @pytest.fixture
 def core(kube_api: ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(kube_api)
@@ -57,7 +46,10 @@ def _time(value: str) -> datetime:
 
 
 def test_kubectl_applied_run_completes_with_output(
-    operator: OperatorProcess, kube_api: ApiClient, namespace: str, kubeconfig: Path,
+    operator: OperatorProcess,
+    kube_api: ApiClient,
+    namespace: str,
+    kubeconfig: Path,
     tmp_path: Path,
 ) -> None:
     apply_task(kube_api, namespace, "hello.world", "examples.tasks.hello:hello_world")
@@ -82,8 +74,14 @@ def test_kubectl_applied_run_completes_with_output(
     assert status["attempts"][0]["pod"] == "greet-ada-1"
     assert status["metadata"]["progress"] == 1
     # The finished pod is cleaned up once its outcome is recorded.
-    wait_for(kube_api, namespace, "greet-ada", lambda _: not pods_of(kube_api, namespace),
-             30, "pod removal")
+    wait_for(
+        kube_api,
+        namespace,
+        "greet-ada",
+        lambda _: not pods_of(kube_api, namespace),
+        30,
+        "pod removal",
+    )
 
 
 def test_large_output_goes_to_secrets_and_reads_back_exactly(
@@ -109,9 +107,17 @@ def test_retries_with_backoff_then_completes(
     operator: OperatorProcess, kube_api: ApiClient, namespace: str
 ) -> None:
     apply_task(
-        kube_api, namespace, "flaky", "examples.tasks.flaky:flaky",
-        retry={"maxAttempts": 5, "minTimeout": "1s", "maxTimeout": "4s", "factor": 2,
-               "randomize": False},
+        kube_api,
+        namespace,
+        "flaky",
+        "examples.tasks.flaky:flaky",
+        retry={
+            "maxAttempts": 5,
+            "minTimeout": "1s",
+            "maxTimeout": "4s",
+            "factor": 2,
+            "randomize": False,
+        },
     )
     name = create_run(kube_api, namespace, "flaky", {"succeed_on": 3})
     status = wait_final(kube_api, namespace, name)["status"]
@@ -120,8 +126,9 @@ def test_retries_with_backoff_then_completes(
     attempts = status["attempts"]
     assert [a["number"] for a in attempts] == [1, 2, 3]
     assert [a["reason"] for a in attempts] == ["Error", "Error", "Completed"]
-    policy = RetryPolicy(max_attempts=5, min_timeout="1s", max_timeout="4s", factor=2,
-                         randomize=False)
+    policy = RetryPolicy(
+        max_attempts=5, min_timeout="1s", max_timeout="4s", factor=2, randomize=False
+    )
     for failed, following in itertools.pairwise(attempts):
         waited = (_time(following["startedAt"]) - _time(failed["finishedAt"])).total_seconds()
         low, high = delay_bounds(policy, failed["number"])
@@ -132,8 +139,7 @@ def test_retries_with_backoff_then_completes(
 def test_abort_fails_without_retrying(
     operator: OperatorProcess, kube_api: ApiClient, namespace: str
 ) -> None:
-    apply_task(kube_api, namespace, "abort", "examples.tasks.abort:abort",
-               retry={"maxAttempts": 5})
+    apply_task(kube_api, namespace, "abort", "examples.tasks.abort:abort", retry={"maxAttempts": 5})
     name = create_run(kube_api, namespace, "abort", {})
     status = wait_final(kube_api, namespace, name)["status"]
     assert status["phase"] == "Failed", status
@@ -155,7 +161,10 @@ def test_oom_killed_attempt_retries_on_bigger_machine(
     operator: OperatorProcess, kube_api: ApiClient, namespace: str
 ) -> None:
     apply_task(
-        kube_api, namespace, "memory.hog", "examples.tasks.memory_hog:memory_hog",
+        kube_api,
+        namespace,
+        "memory.hog",
+        "examples.tasks.memory_hog:memory_hog",
         machine="micro",
         retry={"maxAttempts": 3, "minTimeout": "1s", "outOfMemory": {"machine": "small-2x"}},
     )
@@ -170,8 +179,9 @@ def test_oom_killed_attempt_retries_on_bigger_machine(
 def test_pod_deleted_behind_the_operators_back_is_retried_for_free(
     operator: OperatorProcess, kube_api: ApiClient, namespace: str, core: client.CoreV1Api
 ) -> None:
-    apply_task(kube_api, namespace, "sleeper", "examples.tasks.sleeper:sleeper",
-               retry={"maxAttempts": 1})
+    apply_task(
+        kube_api, namespace, "sleeper", "examples.tasks.sleeper:sleeper", retry={"maxAttempts": 1}
+    )
     name = create_run(kube_api, namespace, "sleeper", {"seconds": 8})
     wait_for_phase(kube_api, namespace, name, {"Executing"})
     core.delete_namespaced_pod(f"{name}-1", namespace, grace_period_seconds=0)
@@ -266,18 +276,21 @@ def test_run_api_rejects_foreign_missing_and_oversized(
     assert httpx.get(f"{url}/context?attempt=1", headers=foreign).status_code == 403
     assert httpx.get(f"{url}/context?attempt=1").status_code == 401
     huge = b'{"attempt": 1, "output": "' + b"x" * (17 * 1024 * 1024) + b'"}'
-    answer = httpx.post(f"{url}/complete", headers={**own, "Content-Type": "application/json"},
-                        content=huge)
+    answer = httpx.post(
+        f"{url}/complete", headers={**own, "Content-Type": "application/json"}, content=huge
+    )
     assert answer.status_code == 413
     for name in (first, second):
         runs.cancel(name, namespace, api=kube_api)
 
 
-def _watch_pods(kube_api: ApiClient, namespace: str, seen: dict[str, set[str]],
-                stop: list[bool]) -> None:
+def _watch_pods(
+    kube_api: ApiClient, namespace: str, seen: dict[str, set[str]], stop: list[bool]
+) -> None:
     stream = watch.Watch()
-    for event in stream.stream(client.CoreV1Api(kube_api).list_namespaced_pod, namespace,
-                               timeout_seconds=5):
+    for event in stream.stream(
+        client.CoreV1Api(kube_api).list_namespaced_pod, namespace, timeout_seconds=5
+    ):
         pod = event["object"]
         seen.setdefault(pod.metadata.name, set()).add(pod.metadata.uid)
         if stop:
@@ -291,7 +304,10 @@ def test_operator_killed_mid_flight_recovers_without_duplicates(
 
     apply_task(kube_api, namespace, "sleeper", "examples.tasks.sleeper:sleeper")
     apply_task(
-        kube_api, namespace, "flaky", "examples.tasks.flaky:flaky",
+        kube_api,
+        namespace,
+        "flaky",
+        "examples.tasks.flaky:flaky",
         retry={"maxAttempts": 3, "minTimeout": "4s", "maxTimeout": "4s", "randomize": False},
     )
     seen: dict[str, set[str]] = {}
@@ -307,19 +323,25 @@ def test_operator_killed_mid_flight_recovers_without_duplicates(
     between = create_run(kube_api, namespace, "flaky", {"succeed_on": 2})
     wait_for_phase(kube_api, namespace, executing, {"Executing"})
     # `between` is in its retry backoff: attempt 1 failed, attempt 2 not started.
-    wait_for(kube_api, namespace, between,
-             lambda r: phase_of(r) == "Queued" and (r["status"].get("attempt") == 1),
-             60, "retry backoff")
+    wait_for(
+        kube_api,
+        namespace,
+        between,
+        lambda r: phase_of(r) == "Queued" and (r["status"].get("attempt") == 1),
+        60,
+        "retry backoff",
+    )
     operator.kill()
     dequeued = create_run(kube_api, namespace, "sleeper", {"seconds": 2})
     time.sleep(3)
     operator.start()
-    results = {name: wait_final(kube_api, namespace, name, timeout=120)["status"]
-               for name in (executing, between, dequeued)}
+    results = {
+        name: wait_final(kube_api, namespace, name, timeout=120)["status"]
+        for name in (executing, between, dequeued)
+    }
     stop.append(True)
     watcher.join(10)
-    assert {name: s["phase"] for name, s in results.items()} == dict.fromkeys(
-        results, "Completed")
+    assert {name: s["phase"] for name, s in results.items()} == dict.fromkeys(results, "Completed")
     assert results[between]["attempt"] == 2
     for name, uids in seen.items():
         assert len(uids) == 1, f"pod {name} was created {len(uids)} times"
