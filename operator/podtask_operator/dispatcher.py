@@ -133,8 +133,9 @@ class Dispatcher:
                 continue
             qid = (key[0], queue)
             uid = run["metadata"]["uid"]
-            held = status.get("phase") in HELD_PHASES or uid in slots
-            if held and not Phase(status.get("phase") or "Queued").is_final:
+            # A final run may still hold its Lease while its pod exits; its first
+            # reconcile releases it once the pod has stopped.
+            if status.get("phase") in HELD_PHASES or uid in slots:
                 state = self.state(qid)
                 slot = slots[uid][1] if uid in slots else state.lowest_free_slot()
                 state.admit(key, slot, run.get("spec", {}).get("concurrencyKey"), 0.0)

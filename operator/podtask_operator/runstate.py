@@ -301,7 +301,11 @@ def decide(facts: RunFacts, settings: Settings, rng: random.Random | None = None
     run.decision.status_patch = run.patch()
     if run.decision.status_patch:
         run.decision.status = run.status.to_wire()
-    run.decision.holds_slot = run.status.phase in (Phase.DEQUEUED, Phase.EXECUTING)
+    # A slot is held while the run is in flight and, after that, until its pod has
+    # stopped: a pod still exiting counts against the queue (and its quota) too.
+    run.decision.holds_slot = run.status.phase in (Phase.DEQUEUED, Phase.EXECUTING) or any(
+        not pod.terminal for pod in facts.pods.values()
+    )
     run.decision.queue = run.status.queue
     return run.decision
 

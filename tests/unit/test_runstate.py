@@ -371,14 +371,16 @@ def test_completion_stores_small_output_inline() -> None:
     assert attempt["finishedAt"] == iso(at(61))
     assert decision.output_chunks == []
     assert reasons(run) == ["Completed"]
-    assert not decision.holds_slot and not decision.wants_slot
-    # the runner exits by itself after reporting; its pod is left until then
+    # the runner exits by itself after reporting; its pod is left until then, and
+    # keeps the slot (a pod still running counts against the queue and its quota)
+    assert decision.holds_slot and not decision.wants_slot
     assert decision.delete_pods == []
     assert decision.requeue_after == pytest.approx(DELETING_RECHECK)
 
     run.advance(1).pod_ends(pod, 0)
     decision = run.step()
     assert decision.delete_pods == [pod] and decision.status_patch == {}
+    assert not decision.holds_slot
 
 
 def test_completion_with_no_output_leaves_output_unset() -> None:
@@ -473,7 +475,10 @@ def test_failure_is_retried_after_a_backoff_through_the_queue() -> None:
     assert low <= delay <= high
     assert decision.requeue_after == pytest.approx(delay)
     assert [(e.type, e.reason) for e in decision.events] == [("Normal", "Retrying")]
-    assert not decision.wants_slot and not decision.holds_slot  # slot freed for the backoff
+    # slot freed for the backoff once the failed attempt's pod has stopped
+    assert not decision.wants_slot and decision.holds_slot
+    run.pod(f"{RUN}-1", "Succeeded", exit_code=0)
+    assert not run.redo().holds_slot
     assert run.error == {
         "type": "ValueError",
         "message": "attempt 1 broke",
@@ -879,7 +884,9 @@ def test_cancel_while_dequeued_deletes_the_pending_pod() -> None:
     assert decision.delete_pods == [f"{RUN}-1"]
     assert run.attempts[0]["reason"] == "Canceled"
     assert run.attempts[0]["finishedAt"] == iso(at(1))
-    assert not decision.holds_slot
+    assert decision.holds_slot  # until the pod is gone
+    run.pods.pop(f"{RUN}-1")
+    assert not run.redo().holds_slot
 
 
 def test_cancel_while_executing_deletes_the_running_pod() -> None:
@@ -888,7 +895,7 @@ def test_cancel_while_executing_deletes_the_running_pod() -> None:
     assert run.phase == "Canceled"
     assert decision.delete_pods == [f"{RUN}-1"]
     assert run.status["duration"] == "30s"
-    assert not decision.holds_slot
+    assert decision.holds_slot  # the pod is still stopping
     # the pod terminates (SIGTERM, on_cancel): nothing more to do
     decision = run.advance(1).step()
     assert decision.delete_pods == [] and decision.status_patch == {}
