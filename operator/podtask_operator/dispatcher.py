@@ -1,5 +1,10 @@
 """The dispatcher: admits Queued runs into their queue's slots.
 
+A run is admitted when its queue has a free slot, its concurrency key is under
+``perKeyLimit``, the queue's rate limit allows another start, its machine fits
+the queue's CPU/memory ceiling, and the namespace-wide cap (a setting) is not
+reached; among eligible runs, priority then age decides.
+
 One in-memory ``QueueState`` per queue, rebuilt from the API server on start
 (level-triggered).  Two durable records make the limit hold even across
 crashes or a doubled operator:
@@ -27,7 +32,7 @@ from podtask.api.v1alpha1 import API_VERSION, Phase, QueueSpec, QueueStatus
 from podtask_operator import kube as k
 from podtask_operator.kube import ApiError, Kube
 from podtask_operator.naming import fit, label_value
-from podtask_operator.queues import Limits, QueueState, RunKey
+from podtask_operator.queues import Limits, QueueState, RunKey, Usage
 from podtask_operator.settings import Settings
 
 log = logging.getLogger("podtask.dispatcher")
@@ -138,7 +143,13 @@ class Dispatcher:
             if status.get("phase") in HELD_PHASES or uid in slots:
                 state = self.state(qid)
                 slot = slots[uid][1] if uid in slots else state.lowest_free_slot()
-                state.admit(key, slot, run.get("spec", {}).get("concurrencyKey"), 0.0)
+                state.admit(
+                    key,
+                    slot,
+                    run.get("spec", {}).get("concurrencyKey"),
+                    0.0,
+                    Usage.of_machine(status.get("machine")),
+                )
                 self.run_queue[key] = qid
                 self.uids[key] = uid
         log.info(
@@ -149,9 +160,19 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ admission
 
-    async def acquire(self, key: RunKey, run: dict[str, Any], queue: str) -> bool:
+    def _namespace_full(self, namespace: str) -> bool:
+        cap = self.settings.namespace_concurrency_limit
+        if not cap:
+            return False
+        held = sum(len(s.holders) for qid, s in self.states.items() if qid[0] == namespace)
+        return held >= cap
+
+    async def acquire(
+        self, key: RunKey, run: dict[str, Any], queue: str, machine: str | None = None
+    ) -> bool:
         qid = (key[0], queue)
         state = self.state(qid)
+        usage = Usage.of_machine(machine)
         concurrency_key = run.get("spec", {}).get("concurrencyKey")
         self.run_queue[key] = qid
         if key in state.holders:
@@ -159,7 +180,7 @@ class Dispatcher:
         state.wait(key, _rank(run), concurrency_key)
         now = time.monotonic()
         async with self._locks.setdefault(qid, asyncio.Lock()):
-            if not state.may_admit(key, now):
+            if self._namespace_full(key[0]) or not state.may_admit(key, now, usage):
                 reopen = state.rate_reopens_in(now)
                 if reopen > 0:
                     asyncio.get_running_loop().call_later(reopen + 0.01, self.wake, key)
@@ -168,7 +189,7 @@ class Dispatcher:
             slot = state.lowest_free_slot()
             if not await self._take_lease(qid, slot, run):
                 return False
-            state.admit(key, slot, concurrency_key, now)
+            state.admit(key, slot, concurrency_key, now, usage)
             self.uids[key] = run["metadata"]["uid"]
         return True
 
@@ -183,6 +204,12 @@ class Dispatcher:
             await self._drop_lease(qid, slot, uid)
             for waiting in state.next_in_line(state.free):
                 self.wake(waiting)
+            if self.settings.namespace_concurrency_limit:
+                # A namespace-wide cap may have held back runs of other queues too.
+                for other_qid, other in self.states.items():
+                    if other_qid[0] == qid[0] and other is not state:
+                        for waiting in other.next_in_line(other.free):
+                            self.wake(waiting)
 
     # ------------------------------------------------------------------ durable records
 

@@ -11,11 +11,29 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from podtask.api.durations import parse_duration
+from podtask.api.machines import MACHINE_PRESETS
 from podtask.api.v1alpha1 import QueueSpec
+from podtask_operator.quantity import parse_quantity
 
 RunKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one run's pod may use: its machine preset's limits."""
+
+    cpu: Decimal = Decimal(0)
+    memory: Decimal = Decimal(0)
+
+    @classmethod
+    def of_machine(cls, machine: str | None) -> Usage:
+        preset = MACHINE_PRESETS.get(machine or "")
+        if preset is None:
+            return cls()
+        return cls(Decimal(str(preset.cpu)), Decimal(preset.memory_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +42,20 @@ class Limits:
     per_key: int | None = None
     rate: int | None = None
     rate_period: float = 0.0
+    cpu: Decimal | None = None
+    memory: Decimal | None = None
 
     @classmethod
     def from_spec(cls, spec: QueueSpec) -> Limits:
         rate = spec.rate_limit
+        resources = spec.resources
         return cls(
             concurrency=spec.concurrency_limit,
             per_key=spec.per_key_limit,
             rate=rate.limit if rate else None,
             rate_period=parse_duration(rate.period).total_seconds() if rate else 0.0,
+            cpu=parse_quantity(resources.cpu) if resources and resources.cpu else None,
+            memory=parse_quantity(resources.memory) if resources and resources.memory else None,
         )
 
 
@@ -48,6 +71,7 @@ class QueueState:
     holders: dict[RunKey, int] = field(default_factory=dict)
     """Run -> slot index (its Lease is ``<queue>-<index>``)."""
     holder_keys: dict[RunKey, str | None] = field(default_factory=dict)
+    holder_usage: dict[RunKey, Usage] = field(default_factory=dict)
     waiting: dict[RunKey, Waiter] = field(default_factory=dict)
     _heap: list[tuple[float, RunKey]] = field(default_factory=list)
     starts: deque[float] = field(default_factory=deque)
@@ -137,14 +161,32 @@ class QueueState:
         self._heap = [(w.rank, k) for k, w in self.waiting.items() if k not in self.holders]
         heapq.heapify(self._heap)
 
-    def may_admit(self, key: RunKey, now: float) -> bool:
+    def fits(self, usage: Usage) -> bool:
+        """Whether a pod of ``usage`` fits the queue's total CPU/memory ceiling."""
+        for limit, used, extra in (
+            (
+                self.limits.cpu,
+                sum((u.cpu for u in self.holder_usage.values()), Decimal(0)),
+                usage.cpu,
+            ),
+            (
+                self.limits.memory,
+                sum((u.memory for u in self.holder_usage.values()), Decimal(0)),
+                usage.memory,
+            ),
+        ):
+            if limit is not None and used + extra > limit:
+                return False
+        return True
+
+    def may_admit(self, key: RunKey, now: float, usage: Usage | None = None) -> bool:
         """Whether ``key`` (already waiting) gets a slot now."""
         if key in self.holders:
             return True
         waiter = self.waiting.get(key)
         if waiter is None or self.free == 0 or not self.rate_allows(now):
             return False
-        if not self._key_allows(waiter.concurrency_key):
+        if not self._key_allows(waiter.concurrency_key) or not self.fits(usage or Usage()):
             return False
         return key in self.next_in_line(self.free)
 
@@ -152,14 +194,23 @@ class QueueState:
         used = set(self.holders.values())
         return next(i for i in range(len(used) + 1) if i not in used)
 
-    def admit(self, key: RunKey, slot: int, concurrency_key: str | None, now: float) -> None:
+    def admit(
+        self,
+        key: RunKey,
+        slot: int,
+        concurrency_key: str | None,
+        now: float,
+        usage: Usage | None = None,
+    ) -> None:
         self.waiting.pop(key, None)
         self.holders[key] = slot
         self.holder_keys[key] = concurrency_key
+        self.holder_usage[key] = usage or Usage()
         if self.limits.rate is not None:
             self.starts.append(now)
 
     def release(self, key: RunKey) -> int | None:
         self.holder_keys.pop(key, None)
+        self.holder_usage.pop(key, None)
         self.waiting.pop(key, None)
         return self.holders.pop(key, None)

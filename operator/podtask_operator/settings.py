@@ -44,6 +44,8 @@ class Settings:
     cancel_grace_seconds: int = 30
     workers: int = 16
     default_queue_limit: int = 100
+    namespace_concurrency_limit: int = 0
+    """Runs executing at once per namespace across all its queues; 0: no cap."""
     """Concurrency of a queue no Queue object describes (Trigger.dev self-hosted: 100)."""
     cpu_request_ratio: float = 1.0
     memory_request_ratio: float = 1.0
@@ -73,6 +75,7 @@ class Settings:
             cancel_grace_seconds=int(_env("CANCEL_GRACE_SECONDS", "30")),
             workers=int(_env("WORKERS", str(cls.workers))),
             default_queue_limit=int(_env("DEFAULT_QUEUE_LIMIT", str(cls.default_queue_limit))),
+            namespace_concurrency_limit=int(_env("NAMESPACE_CONCURRENCY_LIMIT", "0")),
             cpu_request_ratio=float(_env("CPU_REQUEST_RATIO", "1")),
             memory_request_ratio=float(_env("MEMORY_REQUEST_RATIO", "1")),
             run_as_user=int(run_as_user) if run_as_user else None,
