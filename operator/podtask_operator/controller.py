@@ -52,7 +52,9 @@ ERROR_RETRY_SECONDS = 2.0
 class Admission(Protocol):
     """Decides whether a Queued run may take a slot now (the dispatcher)."""
 
-    async def acquire(self, key: RunKey, run: dict[str, Any], queue: str) -> bool: ...
+    async def acquire(
+        self, key: RunKey, run: dict[str, Any], queue: str, machine: str | None = None
+    ) -> bool: ...
 
     async def release(self, key: RunKey, run: dict[str, Any] | None) -> None: ...
 
@@ -62,7 +64,9 @@ class Admission(Protocol):
 class AdmitAll:
     """No queue limits: every eligible run starts at once."""
 
-    async def acquire(self, key: RunKey, run: dict[str, Any], queue: str) -> bool:
+    async def acquire(
+        self, key: RunKey, run: dict[str, Any], queue: str, machine: str | None = None
+    ) -> bool:
         return True
 
     async def release(self, key: RunKey, run: dict[str, Any] | None) -> None:
@@ -243,7 +247,12 @@ class Controller:
         if (
             decision.wants_slot
             and decision.queue
-            and await self.admission.acquire(key, run, decision.queue)
+            and await self.admission.acquire(
+                key,
+                run,
+                decision.queue,
+                (decision.status or run.get("status") or {}).get("machine"),
+            )
         ):
             facts.slot_granted = True
             decision = decide(facts, self.settings, self.rng)
