@@ -274,3 +274,26 @@ def test_expired_run_never_starts(
     run = wait_for(kube_api, namespace, doomed, lambda r: phase_of(r) == "Expired", 30, "Expired")
     assert not run["status"].get("attempts")
     assert wait_final(kube_api, namespace, blocker)["status"]["phase"] == "Completed"
+
+
+def test_resource_ceiling_limits_concurrency_by_machine_size(
+    operator: OperatorProcess, kube_api: ApiClient, namespace: str
+) -> None:
+    # Room for 2 small-1x pods (0.5 CPU each) although 10 slots are free.
+    make_queue(
+        kube_api, namespace, "sized", concurrencyLimit=10, resources={"cpu": "1", "memory": "4Gi"}
+    )
+    apply_task(
+        kube_api,
+        namespace,
+        "sleeper",
+        "examples.tasks.sleeper:sleeper",
+        queue="sized",
+        machine="small-1x",
+    )
+    with sampled(kube_api, namespace) as peaks:
+        names = [create_run(kube_api, namespace, "sleeper", {"seconds": 2}) for _ in range(5)]
+        runs = [wait_final(kube_api, namespace, n) for n in names]
+    assert all(r["status"]["phase"] == "Completed" for r in runs)
+    assert peaks["runs"] == 2, peaks
+    assert peaks["pods"] <= 2, peaks
