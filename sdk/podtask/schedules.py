@@ -29,7 +29,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -294,7 +294,10 @@ def create(
             raise
     # It exists: replace its spec, keeping its other labels; retry a concurrent write.
     for _ in range(5):
-        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        current = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        )
         meta = current["metadata"]
         meta["labels"] = {
             **{k: v for k, v in (meta.get("labels") or {}).items() if k != EXTERNAL_ID_LABEL},
@@ -317,7 +320,7 @@ def retrieve(name: str, namespace: str = "default", *, api: ApiClient | None = N
     return Schedule.model_validate(body)
 
 
-def list(  # noqa: A001 (Trigger.dev's name: schedules.list)
+def list(  # Trigger.dev's name: schedules.list
     task: str | None = None,
     external_id: str | None = None,
     namespace: str = "default",
@@ -325,7 +328,10 @@ def list(  # noqa: A001 (Trigger.dev's name: schedules.list)
     api: ApiClient | None = None,
 ) -> builtins.list[Schedule]:
     """Schedules in ``namespace``, optionally only those of ``task`` or ``external_id``."""
-    body = _custom(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+    body = cast(
+        dict[str, Any],
+        _custom(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
+    )
     found = [Schedule.model_validate(item) for item in body.get("items", [])]
     return sorted(
         (
