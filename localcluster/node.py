@@ -2,13 +2,18 @@
 
     python -m localcluster.node --kubeconfig PATH --state-dir DIR --name NAME \\
         [--cpu 8] [--memory 16Gi] [--pods 250] [--image-map FILE] [--instant]
+        [--instant-runner]
 
 It registers a Node, keeps it Ready (Lease renewals plus condition heartbeats), watches
 the pods the scheduler binds to it and runs each container as a local process (see
 node_pod.py), reports their status the way kubelet does and serves ``kubectl logs``.
 Images are not pulled: an image map says which local environment stands in for which
-image. ``--instant`` runs nothing and moves each pod straight to Running then Succeeded,
-for measuring the control plane without process start-up.
+image (``--image-map FILE``, else ``<state-dir>/image-map.yaml`` when present, re-read when
+it changes, ahead of the default: every image stands for this interpreter's environment).
+``--instant`` runs nothing and moves each pod straight to Running then Succeeded,
+for measuring the control plane without process start-up. ``--instant-runner`` is
+``--instant`` in which podtask-runner pods make the runner's run API calls first
+(node_instant.py), so podtask runs complete honestly.
 
 Follows kubelet (v1.37 source) for: pod phase, the five kubelet conditions, container
 states and reasons (ContainerCreating, PodInitializing, CreateContainerConfigError,
@@ -17,13 +22,18 @@ ContainerStatusUnknown), termination messages (file, FallbackToLogsOnError), ini
 containers, restartPolicy, activeDeadlineSeconds (DeadlineExceeded), graceful deletion with
 the final uid-guarded DELETE, env/envFrom/valueFrom and `$(VAR)` expansion, and
 emptyDir/configMap/secret/downwardAPI/projected (incl. service-account tokens)/hostPath
-volumes, which the process finds through ``PODTASK_NODE_VOLUME_<MOUNT_PATH>``.
+volumes. Where the agent may create mount namespaces (it probes at start; ``--mount-
+namespaces off`` disables them), each container with volume mounts runs in its own, with
+every volume bind-mounted at its ``mountPath`` (so ``load_incluster_config()`` finds the
+token and CA at the standard path); the process also finds each volume through
+``PODTASK_NODE_VOLUME_<MOUNT_PATH>``, the only way without mount namespaces.
 
 Not supported, by design or not yet: probes (a running container is ready), lifecycle
 hooks, sidecar init containers (``restartPolicy: Always`` on an init container), container
-restart rules, CPU limits, PVC/CSI/ephemeral/image volumes (empty directories), fixed
-mount paths (including the service-account token's, so in-cluster clients need the env
-var), ports, networking and Services (every pod's IP is 127.0.0.1), exec/attach/
+restart rules, CPU limits, PVC/CSI/ephemeral/image volumes (empty directories), mounts
+over system directories or over what the process needs from the host (see node_sandbox),
+the termination message at ``terminationMessagePath``, ports, networking and Services
+(every pod's IP is 127.0.0.1, so two pods cannot listen on one port), exec/attach/
 port-forward, `kubectl logs --timestamps/--since`, readiness gates, eviction, images.
 Memory limits are enforced by sampling the RSS peak of each container's session
 (every 150 ms), not by a cgroup.
@@ -46,10 +56,11 @@ import aiohttp
 import yaml
 
 from localcluster import node_spec as specs
+from localcluster.node_instant import InstantRunner
 from localcluster.node_kube import ApiError, GoneError, Kube
 from localcluster.node_logs import LogError, LogTarget, self_signed, serve
 from localcluster.node_pod import Outcome, PodWorker, Stop
-from localcluster.node_process import MemoryMonitor
+from localcluster.node_process import MemoryMonitor, mount_namespaces_available
 from localcluster.node_registration import HOST_IP, NodeRegistration, log
 from localcluster.node_sandbox import (
     BASE_ENV_KEYS,
@@ -79,6 +90,41 @@ def load_image_map(path: Path | None) -> list[specs.ImageEnv]:
     return specs.parse_image_map(yaml.safe_load(path.read_text()), path.resolve().parent)
 
 
+class StateDirImageMap:
+    """``<state-dir>/image-map.yaml`` if present (then the default), re-read when it changes.
+
+    Lets a tool (``make demo``) map its images on a node that is already running.
+    A file that does not parse is reported once and ignored until it changes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._entries: list[specs.ImageEnv] = []
+
+    def __call__(self) -> list[specs.ImageEnv]:
+        try:
+            stat = self.path.stat()
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._entries = []
+            if stamp is not None:
+                try:
+                    self._entries = load_image_map(self.path)
+                    log(f"image map {self.path}: {len(self._entries)} entries")
+                except (OSError, ValueError, yaml.YAMLError) as error:
+                    log(f"image map {self.path} ignored: {error}")
+        return [*self._entries, *default_image_map()]
+
+
+def fixed_image_map(path: Path) -> Callable[[], list[specs.ImageEnv]]:
+    entries = load_image_map(path)
+    return lambda: entries
+
+
 class Agent:
     def __init__(self, kube: Kube, args: argparse.Namespace) -> None:
         self.kube = kube
@@ -86,7 +132,8 @@ class Agent:
         self.state_dir: Path = args.state_dir.resolve()
         self.pods_dir = self.state_dir / "pods"
         self.node_dir = self.state_dir / "nodes" / self.name
-        self.instant: bool = args.instant
+        self.instant: bool = args.instant or args.instant_runner
+        self.runner = InstantRunner() if args.instant_runner else None
         capacity = {"cpu": str(args.cpu), "memory": str(args.memory), "pods": str(args.pods)}
         for value in capacity.values():
             specs.parse_quantity(value)  # reject a malformed flag before registering
@@ -94,11 +141,19 @@ class Agent:
         with contextlib.suppress(OSError):
             capacity["ephemeral-storage"] = str(shutil.disk_usage(self.state_dir).total)
         host, port = kube.host_port
+        mount_namespaces = False
+        if args.mount_namespaces != "off" and not self.instant:
+            why_not = mount_namespaces_available()
+            mount_namespaces = why_not is None
+            if why_not is not None:
+                log(f"warning: no mount namespaces for containers ({why_not}); volumes are "
+                    "reachable only through $PODTASK_NODE_VOLUME_<MOUNT_PATH>")
         self.context = NodeContext(
             kube=kube,
             node_name=self.name,
             pods_dir=self.pods_dir,
-            image_map=load_image_map(args.image_map),
+            image_map=(fixed_image_map(args.image_map) if args.image_map is not None
+                       else StateDirImageMap(self.state_dir / "image-map.yaml")),
             # The `kubernetes` Service's ClusterIP is not reachable from a plain process;
             # in-cluster clients get the API server itself.
             service_env={
@@ -116,6 +171,7 @@ class Agent:
             host_ip=HOST_IP,
             instant=self.instant,
             base_env={k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ},
+            mount_namespaces=mount_namespaces,
         )
         self.workers: dict[str, PodWorker] = {}
         self.tasks: dict[str, asyncio.Task[Outcome]] = {}
@@ -158,7 +214,7 @@ class Agent:
 
     def start(self, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
-        worker = PodWorker(self.context, pod)
+        worker = PodWorker(self.context, pod, self.runner)
         self.workers[uid] = worker
         self.instances[uid] = worker.instances
         task = asyncio.create_task(worker.run())
@@ -277,9 +333,13 @@ class Agent:
             version = await _retry_forever("register node", registration.register, stop)
             if version is None:
                 return
+            mode = "instant" if self.instant else "process"
+            if self.context.mount_namespaces:
+                mode += " mode, mount namespaces"
+            else:
+                mode += " mode"
             log(f"node {self.name} registered (kubelet version {version}, logs on "
-                f"{HOST_IP}:{registration.log_port}, "
-                f"{'instant' if self.instant else 'process'} mode)")
+                f"{HOST_IP}:{registration.log_port}, {mode})")
             loops = [asyncio.create_task(registration.heartbeat(version)),
                      asyncio.create_task(self.watch_pods())]
             await stop.wait()
@@ -292,6 +352,8 @@ class Agent:
             for task in list(self.background):
                 task.cancel()
             await self.context.monitor.close()
+            if self.runner is not None:
+                await self.runner.close()
             await runner.cleanup()
             log(f"node {self.name} stopped")
 
@@ -355,11 +417,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pods", default="250")
     parser.add_argument("--image-map", type=Path, default=None,
                         help="YAML/JSON list of {match, pathPrepend, env, workingDir, "
-                             "entrypoint, cmd}; default: every image -> this interpreter's "
-                             "bin directory first on PATH")
+                             "entrypoint, cmd}; default: <state-dir>/image-map.yaml if "
+                             "present, then every image -> this interpreter's bin directory "
+                             "first on PATH")
+    parser.add_argument("--mount-namespaces", choices=["auto", "off"], default="auto",
+                        help="auto: containers with volume mounts get their own mount "
+                             "namespace with the volumes at their paths, if this process "
+                             "may create one")
     # Also accepts a value (`--instant true`) for callers that pass every option as a pair.
     parser.add_argument("--instant", nargs="?", const=True, default=False, type=_flag,
                         help="run nothing: bound pods go straight to Running, then Succeeded")
+    parser.add_argument("--instant-runner", nargs="?", const=True, default=False, type=_flag,
+                        help="--instant, but podtask-runner pods first make the runner's run "
+                             "API calls (context, then complete) with the pod's env")
     return parser.parse_args(argv)
 
 

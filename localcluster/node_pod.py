@@ -19,6 +19,7 @@ from typing import Any
 
 from localcluster import node_spec as specs
 from localcluster import node_status as st
+from localcluster.node_instant import EXIT_CANCELED, InstantRunner, is_runner_pod
 from localcluster.node_kube import ApiError, Kube
 from localcluster.node_process import Process, spawn
 from localcluster.node_sandbox import Instance, NodeContext, Sandbox, parse_time
@@ -51,8 +52,10 @@ def _resource_version(pod: Obj) -> int:
 
 
 class PodWorker:
-    def __init__(self, node: NodeContext, pod: Obj) -> None:
+    def __init__(self, node: NodeContext, pod: Obj,
+                 runner: InstantRunner | None = None) -> None:
         self.node = node
+        self.runner = runner  # --instant-runner: plays podtask-runner's calls
         self.pod = pod
         meta = pod["metadata"]
         self.uid: str = meta["uid"]
@@ -335,12 +338,37 @@ class PodWorker:
         await self._flush()
         if (self.pod["spec"].get("restartPolicy") or "Always") == "Always" or self.stop_reason:
             return
+        code = await self._instant_runner() if self.runner is not None else 0
         now = st.now_time()
         for record in self.apps:
+            started = (record.state.get("running") or record.state.get("terminated") or {}).get(
+                "startedAt", now)
             record.state = {"terminated": {
-                "exitCode": 0, "reason": "Completed", "startedAt": record.state["running"][
-                    "startedAt"], "finishedAt": now, "containerID": record.container_id}}
+                "exitCode": code, "reason": st.terminated_reason(code, False),
+                "startedAt": started, "finishedAt": now, "containerID": record.container_id}}
         self._mark_dirty()
+
+    async def _instant_runner(self) -> int:
+        """The runner's calls for a podtask-runner pod; 143 when stopped first (SIGTERM)."""
+        assert self.runner is not None
+        if not is_runner_pod(self.pod):
+            return 0
+        try:
+            env = specs.container_env(self.pod["spec"]["containers"][0],
+                                      await self.sandbox.env_context(self.pod))
+        except (specs.ConfigError, ApiError, OSError, TimeoutError) as error:
+            print(f"pod {self.namespace}/{self.name}: {error!r}", flush=True)
+            return 1
+        calls = asyncio.ensure_future(self.runner.run(self.pod, env))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        await asyncio.wait({calls, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not calls.done():
+            calls.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await calls
+            return EXIT_CANCELED
+        return calls.result()
 
     def _last_exit(self, record: st.ContainerRecord) -> int:
         terminated = record.terminated or record.last_state.get("terminated") or {}
@@ -420,22 +448,30 @@ class PodWorker:
         self.instances[record.container_id] = instance
         self.sandbox.termination_file(record.name).unlink(missing_ok=True)
         started_at = st.now_time()
+        process: Process | None = None
         try:
             launch = self.sandbox.launch(container, env)
             if not launch.argv:
                 raise OSError("no command specified")
             process = spawn(launch.argv, env=launch.env, cwd=launch.cwd, log_path=log_path,
-                            loop=asyncio.get_running_loop())
+                            loop=asyncio.get_running_loop(), mounts=launch.mounts)
+            # Registered before the exec is known, so a stop meanwhile reaches it.
+            self.processes[record.name] = process
+            exec_error = await process.exec_error
+            if exec_error is not None:
+                await process.exited
+                raise exec_error
         except OSError as error:
             # containerd's StartError: the task never ran.
+            if process is not None:
+                self.processes.pop(record.name, None)
             record.state = {"terminated": {
                 "exitCode": 128, "reason": "StartError", "message": str(error),
                 "startedAt": "1970-01-01T00:00:00Z", "finishedAt": st.now_time(),
                 "containerID": record.container_id}}
-            instance.end = start
+            instance.end = log_path.stat().st_size if log_path.exists() else start
             self._mark_dirty()
             return
-        self.processes[record.name] = process
         limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
         if limit is not None:
             self.node.monitor.watch(process, specs.memory_bytes(limit))

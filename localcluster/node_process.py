@@ -5,20 +5,54 @@ container's PID namespace: everything it spawns is found again by session id, ki
 when the leader exits (as the kernel kills a namespace whose init dies) and counted
 against the memory limit. Exits are noticed through pidfds on the event loop, so
 hundreds of containers need no thread each.
+
+A container with volume mounts starts through ``node_mountns.py``, which gives it its own
+mount namespace with the volumes at their paths and then execs the command (same pid);
+an exec failure comes back through a pipe, so it is still a StartError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
 MEMORY_SAMPLE_SECONDS = 0.15
+MOUNTNS_SCRIPT = Path(__file__).with_name("node_mountns.py")
+PROBE_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A host directory (or file) shown at ``target`` inside the container."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+    def spec(self) -> dict[str, object]:
+        return {"source": str(self.source), "target": self.target, "readOnly": self.read_only}
+
+
+def mount_namespaces_available() -> str | None:
+    """None if containers can get their own mount namespace here, else why not."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-I", "-S", str(MOUNTNS_SCRIPT), "--probe"],
+            capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return repr(error)
+    if result.returncode != 0:
+        return (result.stderr.strip() or f"probe exited with {result.returncode}")
+    return None
 
 
 def _sessions() -> Iterator[tuple[int, int]]:
@@ -68,18 +102,46 @@ def exit_code(wait_status: int) -> int:
 class Process:
     """One running container instance."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
+                 exec_fd: int | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.oom_killed = False
         self.exited: asyncio.Future[int] = loop.create_future()
+        # The exec failure reported by node_mountns.py (None: the command runs).
+        self.exec_error: asyncio.Future[OSError | None] = loop.create_future()
+        self._exec_fd = exec_fd
+        self._exec_report = b""
         self._loop = loop
+        if exec_fd is None:
+            self.exec_error.set_result(None)
+        else:
+            os.set_blocking(exec_fd, False)
+            loop.add_reader(exec_fd, self._read_exec_report)
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)
         except OSError:
             self._pidfd = None
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self.poll)
+
+    def _read_exec_report(self) -> None:
+        assert self._exec_fd is not None
+        try:
+            chunk = os.read(self._exec_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._exec_report += chunk
+            return
+        # EOF: the exec succeeded (close-on-exec) or the wrapper is gone.
+        self._loop.remove_reader(self._exec_fd)
+        os.close(self._exec_fd)
+        self._exec_fd = None
+        if not self.exec_error.done():
+            self.exec_error.set_result(_exec_report(self._exec_report))
 
     def poll(self) -> None:
         """Reap the process if it has exited (called by the loop, or by the sampler)."""
@@ -129,6 +191,16 @@ class Process:
         return await self.exited
 
 
+def _exec_report(data: bytes) -> OSError | None:
+    if not data:
+        return None
+    try:
+        report = json.loads(data)
+        return OSError(int(report["errno"]), str(report["strerror"]), report.get("filename"))
+    except (ValueError, KeyError, TypeError):
+        return OSError(f"exec failed: {data[:200]!r}")
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -136,23 +208,44 @@ def spawn(
     cwd: Path,
     log_path: Path,
     loop: asyncio.AbstractEventLoop,
+    mounts: Sequence[BindMount] = (),
 ) -> Process:
     """Start argv in a new session with stdout and stderr appended to log_path.
 
     Raises OSError when the executable or working directory is missing (StartError).
+    With ``mounts`` the process gets its own mount namespace; then a missing executable
+    is only known once the wrapper tried to exec it: await ``Process.exec_error``.
     """
-    with log_path.open("ab") as log:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    return Process(popen, loop)
+    command = list(argv)
+    read_fd: int | None = None
+    pass_fds: tuple[int, ...] = ()
+    if mounts:
+        read_fd, write_fd = os.pipe()
+        pass_fds = (write_fd,)
+        spec = json.dumps({"mounts": [m.spec() for m in mounts]})
+        command = [sys.executable, "-I", "-S", str(MOUNTNS_SCRIPT), spec, str(write_fd), "--",
+                   *command]
+    try:
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=pass_fds,
+            )
+    except BaseException:
+        if read_fd is not None:
+            os.close(read_fd)
+        raise
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
+    return Process(popen, loop, read_fd)
 
 
 class MemoryMonitor:

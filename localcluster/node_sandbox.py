@@ -6,10 +6,17 @@
         termination/<container>  the terminationMessagePath stand-in
         tmp/                     TMPDIR
 
-Processes cannot mount anything, so a volume's host directory is handed to the process in
-``PODTASK_NODE_VOLUME_<MOUNT_PATH>`` (``/etc/config`` -> ``..._ETC_CONFIG``) and the
-termination message file in ``PODTASK_TERMINATION_MESSAGE_PATH``. Images are not pulled:
-the image map decides PATH, env, working directory, entrypoint and cmd.
+Where the node may create mount namespaces (root, or CAP_SYS_ADMIN), each container with
+volume mounts gets its own and sees every volume at its ``mountPath`` (configMap, secret,
+downwardAPI and projected volumes read-only, as kubelet mounts them), so in-cluster clients
+find the service-account token at ``/var/run/secrets/kubernetes.io/serviceaccount``. A mount
+that would hide what the process itself needs from the host (its pod directory, working
+directory, interpreter, PATH and PYTHONPATH entries, or a system directory such as ``/etc``)
+is skipped with a warning. Either way, a volume's host directory is also handed to the
+process in ``PODTASK_NODE_VOLUME_<MOUNT_PATH>`` (``/etc/config`` -> ``..._ETC_CONFIG``), the
+only way to reach it where mount namespaces are not available, and the termination message
+file in ``PODTASK_TERMINATION_MESSAGE_PATH``. Images are not pulled: the image map decides
+PATH, env, working directory, entrypoint and cmd.
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ import asyncio
 import datetime as dt
 import os
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localcluster import node_spec as specs
 from localcluster.node_kube import Kube
-from localcluster.node_process import MemoryMonitor
+from localcluster.node_process import BindMount, MemoryMonitor
 
 Obj = dict[str, Any]
 
@@ -36,6 +44,15 @@ BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL")
 MAX_TERMINATION_MESSAGE = 4096  # kubecontainer.MaxContainerTerminationMessageLength
 MAX_LOG_MESSAGE_BYTES = 2048  # ...MaxContainerTerminationMessageLogLength
 MAX_LOG_MESSAGE_LINES = 80  # ...MaxContainerTerminationMessageLogLines
+# kubelet mounts these read-only whatever the volumeMount says.
+READ_ONLY_VOLUME_KINDS = ("configMap", "secret", "downwardAPI", "projected")
+# Mounting over one of these would hide what every process needs from the host.
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/usr/local", "/var",
+    "/var/lib", "/var/run",
+})
+SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 
 @dataclass(frozen=True)
@@ -45,13 +62,16 @@ class NodeContext:
     kube: Kube
     node_name: str
     pods_dir: Path
-    image_map: list[specs.ImageEnv]
+    # Called at each container start, so an image map file may change while the agent runs.
+    image_map: Callable[[], Sequence[specs.ImageEnv]]
     service_env: Mapping[str, str]
     allocatable: Mapping[str, str]
     monitor: MemoryMonitor
     host_ip: str = "127.0.0.1"
     instant: bool = False
     base_env: Mapping[str, str] = field(default_factory=dict)
+    # Give each container with volume mounts its own mount namespace (see node_mountns.py).
+    mount_namespaces: bool = False
 
 
 @dataclass
@@ -69,6 +89,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     cwd: Path
+    mounts: tuple[BindMount, ...] = ()
 
 
 def parse_time(value: str | None) -> float | None:
@@ -101,6 +122,7 @@ class Sandbox:
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
         self.volume_dirs: dict[str, Path] = {}
+        self.read_only_volumes: set[str] = set()
 
     def log_path(self, container: str) -> Path:
         return self.dir / f"{container}.log"
@@ -155,6 +177,8 @@ class Sandbox:
         ctx = await self.env_context(pod)
         for volume in pod["spec"].get("volumes") or []:
             self.volume_dirs[volume["name"]] = await self._materialise(pod, volume, ctx)
+            if any(kind in volume for kind in READ_ONLY_VOLUME_KINDS):
+                self.read_only_volumes.add(volume["name"])
 
     async def _materialise(self, pod: Obj, volume: Obj, ctx: specs.EnvContext) -> Path:
         target: Path = self.dir / "volumes" / str(volume["name"])
@@ -193,7 +217,7 @@ class Sandbox:
 
     def launch(self, container: Obj, env: Mapping[str, str]) -> Launch:
         """argv, environment and working directory for the container, with its resolved env."""
-        image = specs.match_image(container.get("image", ""), self.node.image_map)
+        image = specs.match_image(container.get("image", ""), self.node.image_map())
         # Docker's rules: command replaces the entrypoint (and drops the image's cmd).
         lookup = specs.mapping_for(env)
         command = [specs.expand(p, lookup) for p in container.get("command") or []]
@@ -212,7 +236,53 @@ class Sandbox:
             if host is not None:
                 result[specs.env_name_for_path(VOLUME_ENV_PREFIX, mount["mountPath"])] = str(host)
         result[TERMINATION_ENV] = str(self.termination_file(container["name"]))
-        return Launch(argv=argv, env=result, cwd=self._cwd(container, image, env))
+        cwd = self._cwd(container, image, env)
+        mounts: tuple[BindMount, ...] = ()
+        if self.node.mount_namespaces:
+            keep = [self.dir, cwd, *map(Path, image.path_prepend), Path(sys.prefix),
+                    Path(sys.base_prefix), Path(sys.executable).parent,
+                    *(Path(p) for p in result.get("PYTHONPATH", "").split(os.pathsep) if p)]
+            if image.working_dir:
+                keep.append(Path(image.working_dir))
+            mounts = self.bind_mounts(container, env, keep)
+        return Launch(argv=argv, env=result, cwd=cwd, mounts=mounts)
+
+    def bind_mounts(self, container: Obj, env: Mapping[str, str],
+                    keep: Iterable[Path]) -> tuple[BindMount, ...]:
+        """The container's volume mounts as bind mounts, parents first.
+
+        A mount over one of the ``keep`` paths (or an ancestor of one) or over a system
+        directory would cut the process off from what it runs on; it is skipped, and the
+        volume stays reachable through its PODTASK_NODE_VOLUME_* variable.
+        """
+        kept = {_resolved(p) for p in keep if p.is_absolute()}
+        result: list[BindMount] = []
+        for mount in container.get("volumeMounts") or []:
+            target = os.path.normpath(str(mount["mountPath"]))
+            source = self.mount_path(container, target, env)
+            if source is None or not target.startswith("/"):
+                continue
+            resolved = _resolved(Path(target))
+            hidden = [p for p in kept if p == resolved or resolved in p.parents]
+            reason = ""
+            if target in SYSTEM_DIRS or str(resolved) in SYSTEM_DIRS or any(
+                    str(resolved).startswith(tree + "/") or str(resolved) == tree
+                    for tree in SYSTEM_TREES):
+                reason = "a system directory"
+            elif hidden:
+                reason = f"it would hide {hidden[0]}"
+            if reason:
+                print(f"pod {self.namespace}/{self.name}: container {container['name']}: "
+                      f"volume {mount['name']} not mounted at {target} ({reason}); it is at "
+                      f"${specs.env_name_for_path(VOLUME_ENV_PREFIX, target)}", flush=True)
+                continue
+            if not source.exists():
+                # kubelet creates a missing subPath as a directory.
+                source.mkdir(parents=True, exist_ok=True)
+            read_only = bool(mount.get("readOnly")) or mount["name"] in self.read_only_volumes
+            result.append(BindMount(source=source, target=target, read_only=read_only))
+        result.sort(key=lambda m: m.target.rstrip("/").count("/"))
+        return tuple(result)
 
     def _cwd(self, container: Obj, image: specs.ImageEnv, env: Mapping[str, str]) -> Path:
         working_dir = container.get("workingDir")
@@ -245,6 +315,11 @@ class Sandbox:
             return ""
         lines = text.splitlines(keepends=True)[-MAX_LOG_MESSAGE_LINES:]
         return b"".join(lines)[-MAX_LOG_MESSAGE_BYTES:].decode(errors="replace")
+
+
+def _resolved(path: Path) -> Path:
+    """The path with symlinks resolved as far as it exists (``/var/run/x`` -> ``/run/x``)."""
+    return Path(os.path.realpath(path))
 
 
 def _make_dirs(paths: list[Path]) -> None:

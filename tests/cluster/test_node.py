@@ -180,6 +180,56 @@ def test_env_and_volumes_from_configmap_secret_and_downward_api(
     ]
 
 
+def test_volumes_are_mounted_at_their_paths_and_in_cluster_config_works(
+    core: client.CoreV1Api, namespace: str
+) -> None:
+    """The configMap at its mountPath, and the admission-injected service-account volume at
+    the standard path, so `load_incluster_config()` works as in a real pod."""
+    from localcluster.node_process import mount_namespaces_available
+
+    why_not = mount_namespaces_available()
+    if why_not is not None:
+        pytest.skip(f"the node cannot create mount namespaces here: {why_not}")
+    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="settings"), data={"file.txt": "mounted"}))
+    code = (
+        "import pathlib\n"
+        "from kubernetes import client, config\n"
+        "print('config', pathlib.Path('/mnt/podtask-test/settings/file.txt').read_text())\n"
+        "try:\n"
+        "    pathlib.Path('/mnt/podtask-test/settings/new').write_text('x')\n"
+        "except OSError as error:\n"
+        "    print('read-only', error.errno)\n"
+        "sa = pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount')\n"
+        "print('files', sorted(p.name for p in sa.iterdir() if not p.name.startswith('.')))\n"
+        "print('namespace', (sa / 'namespace').read_text())\n"
+        "config.load_incluster_config()\n"
+        "review = client.AuthenticationV1Api().create_self_subject_review(\n"
+        "    {'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'})\n"
+        "print('user', review.status.user_info.username)\n"
+    )
+    body = python_pod("mounts", code)
+    body["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "settings", "mountPath": "/mnt/podtask-test/settings"}]
+    body["spec"]["volumes"] = [{"name": "settings", "configMap": {"name": "settings"}}]
+    created = create(core, namespace, body)
+    # The ServiceAccount admission plugin added the projected token volume and its mount.
+    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+               for m in created["spec"]["containers"][0]["volumeMounts"])
+    pod = finished(core, namespace, "mounts")
+    log = core.read_namespaced_pod_log("mounts", namespace)
+    assert pod["status"]["phase"] == "Succeeded", log
+    assert log.splitlines() == [
+        "config mounted",
+        "read-only 30",  # EROFS: configMap volumes are mounted read-only, as by kubelet
+        "files ['ca.crt', 'namespace', 'token']",
+        f"namespace {namespace}",
+        f"user system:serviceaccount:{namespace}:default",
+    ]
+    # The mounts were the container's own: the host sees an empty mount point.
+    assert list(Path("/mnt/podtask-test/settings").iterdir()) == []
+
+
 def test_missing_configmap_waits_with_config_error_until_it_exists(
     core: client.CoreV1Api, namespace: str
 ) -> None:
