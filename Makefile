@@ -15,7 +15,7 @@ export GOTOOLCHAIN := local
         cluster-build cluster-up cluster-down cluster-gomod clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(INSTALL_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "podtask needs Python >= 3.11")'
@@ -62,7 +62,7 @@ test-cluster: cluster-build ## Cluster-tier tests against the real control plane
 test: lint cluster-build ## Everything CI runs
 	$(PYTEST) tests/unit tests/cluster -q -m 'not e2e and not chaos and not bench'
 
-demo: cluster-build ## Bring up the local cluster and run example tasks
+demo: cluster-build ## Local cluster, the operator from its Helm chart, example runs shown live
 	$(BIN)/python -m localcluster.demo
 
 bench: cluster-build ## Benchmarks (results in docs/benchmarks.md)
@@ -71,6 +71,8 @@ bench: cluster-build ## Benchmarks (results in docs/benchmarks.md)
 chaos: cluster-build ## Chaos suite
 	$(PYTEST) tests/chaos -q -m chaos
 
+# Builds the images and kind, creates a kind cluster, installs the chart, runs the examples;
+# skipped with the reason where no Docker engine answers.
 e2e: install ## kind + Helm end-to-end (needs a Docker engine)
 	$(PYTEST) tests/e2e -q -m e2e
 
