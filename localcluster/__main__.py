@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="start the control plane and node agents")
     start.add_argument("--nodes", type=int, default=1)
-    start.add_argument("--node-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="passed to each node agent as --KEY VALUE (e.g. cpu=8)")
+    start.add_argument(
+        "--node-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to each node agent as --KEY VALUE (e.g. cpu=8)",
+    )
     sub.add_parser("down", help="stop everything and drop etcd's data")
     sub.add_parser("status", help="show whether it runs, and each component's memory")
     sub.add_parser("kubeconfig", help="print the admin kubeconfig path")
@@ -44,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "up":
         try:
-            info = controlplane.up(state_dir, nodes=args.nodes,
-                                   node_options=_node_options(args.node_option))
+            info = controlplane.up(
+                state_dir, nodes=args.nodes, node_options=_node_options(args.node_option)
+            )
         except controlplane.ControlPlaneError as error:
             print(f"error: {error}\nlogs: {state_dir / 'logs'}", file=sys.stderr)
             return 1

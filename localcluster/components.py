@@ -71,19 +71,29 @@ def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(
-    path: Path, server: str, ca: Path, user: pki.KeyPair, user_name: str
-) -> None:
+def write_kubeconfig(path: Path, server: str, ca: Path, user: pki.KeyPair, user_name: str) -> None:
     # Certificates are embedded so the file keeps working when copied elsewhere.
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": CLUSTER_NAME, "cluster": {
-            "server": server, "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": user_name, "user": {
-            "client-certificate-data": b64(user.cert), "client-key-data": b64(user.key)}}],
-        "contexts": [{"name": CLUSTER_NAME, "context": {
-            "cluster": CLUSTER_NAME, "user": user_name}}],
+        "clusters": [
+            {
+                "name": CLUSTER_NAME,
+                "cluster": {"server": server, "certificate-authority-data": b64(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user_name,
+                "user": {
+                    "client-certificate-data": b64(user.cert),
+                    "client-key-data": b64(user.key),
+                },
+            }
+        ],
+        "contexts": [
+            {"name": CLUSTER_NAME, "context": {"cluster": CLUSTER_NAME, "user": user_name}}
+        ],
         "current-context": CLUSTER_NAME,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -168,16 +178,20 @@ def scheduler_argv(
     # The scheduler ignores its deprecated --kube-api-qps flag once a config file
     # exists, and a config file is the only non-deprecated way to raise it.
     config = layout.config / "kube-scheduler.yaml"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "kubescheduler.config.k8s.io/v1",
-        "kind": "KubeSchedulerConfiguration",
-        "clientConnection": {
-            "kubeconfig": str(kubeconfig),
-            "qps": options.scheduler_qps,
-            "burst": options.scheduler_burst,
-        },
-        "leaderElection": {"leaderElect": False},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {
+                    "kubeconfig": str(kubeconfig),
+                    "qps": options.scheduler_qps,
+                    "burst": options.scheduler_burst,
+                },
+                "leaderElection": {"leaderElect": False},
+            }
+        )
+    )
     return [
         str(bins / "kube-scheduler"),
         f"--config={config}",
@@ -189,10 +203,15 @@ def scheduler_argv(
 
 def node_argv(layout: Layout, name: str, node_options: Mapping[str, str]) -> list[str]:
     argv = [
-        sys.executable, "-m", "localcluster.node",
-        "--kubeconfig", str(layout.kubeconfig),
-        "--state-dir", str(layout.root),
-        "--name", name,
+        sys.executable,
+        "-m",
+        "localcluster.node",
+        "--kubeconfig",
+        str(layout.kubeconfig),
+        "--state-dir",
+        str(layout.root),
+        "--name",
+        name,
     ]
     for key, value in node_options.items():
         argv += [f"--{key.lstrip('-').replace('_', '-')}", str(value)]
@@ -202,8 +221,6 @@ def node_argv(layout: Layout, name: str, node_options: Mapping[str, str]) -> lis
 def node_env() -> dict[str, str]:
     env = procs.base_env()
     # localcluster is a dev-only package at the repo root, not installed.
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env

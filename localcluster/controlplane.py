@@ -37,8 +37,18 @@ from localcluster.components import (
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".localcluster"
 WATCHDOG = "watchdog"
-__all__ = ["DEFAULT_STATE_DIR", "ClusterInfo", "ControlPlaneError", "Options", "down",
-           "format_memory", "is_running", "memory", "restart", "up"]
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "ClusterInfo",
+    "ControlPlaneError",
+    "Options",
+    "down",
+    "format_memory",
+    "is_running",
+    "memory",
+    "restart",
+    "up",
+]
 
 
 class ControlPlaneError(RuntimeError):
@@ -155,9 +165,11 @@ def _nodes_ready(layout: Layout, server: str, names: Sequence[str]) -> bool:
 def _ready_check(layout: Layout, state: Mapping[str, Any], name: str) -> Callable[[], bool]:
     port = state["ports"].get(name)
     if name == ETCD:
+
         def etcd() -> bool:
             status, body = _get(f"http://{LOOPBACK}:{port}/health")
             return status == 200 and b'"true"' in body
+
         return etcd
     if name == APISERVER:
         return lambda: _apiserver_ready(layout, state["server"])
@@ -226,15 +238,17 @@ def up(
     if not build.is_built(bins):
         bins = build.build()
     try:
-        state = _start(layout, bins, nodes, dict(node_options or {}), options, started,
-                       owner_pid)
+        state = _start(layout, bins, nodes, dict(node_options or {}), options, started, owner_pid)
     except BaseException:
         down(layout.root)
         raise
     elapsed = time.monotonic() - started
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in state["timings"].items())
-    print(f"local control plane ready in {elapsed:.1f}s ({timings}); "
-          f"KUBECONFIG={layout.kubeconfig}", file=sys.stderr, flush=True)
+    print(
+        f"local control plane ready in {elapsed:.1f}s ({timings}); KUBECONFIG={layout.kubeconfig}",
+        file=sys.stderr,
+        flush=True,
+    )
     return _info(layout, state, elapsed)
 
 
@@ -256,10 +270,12 @@ def _start(
     kcm_kubeconfig = layout.config / "kube-controller-manager.kubeconfig"
     sched_kubeconfig = layout.config / "kube-scheduler.kubeconfig"
     components.write_kubeconfig(layout.kubeconfig, server, ca, certs.admin, "admin")
-    components.write_kubeconfig(kcm_kubeconfig, server, ca, certs.controller_manager,
-                                "system:kube-controller-manager")
-    components.write_kubeconfig(sched_kubeconfig, server, ca, certs.scheduler,
-                                "system:kube-scheduler")
+    components.write_kubeconfig(
+        kcm_kubeconfig, server, ca, certs.controller_manager, "system:kube-controller-manager"
+    )
+    components.write_kubeconfig(
+        sched_kubeconfig, server, ca, certs.scheduler, "system:kube-scheduler"
+    )
 
     node_names = [f"node-{i}" for i in range(1, nodes + 1)]
     etcd_data = components.etcd_data_dir()
@@ -267,7 +283,8 @@ def _start(
         ETCD: components.etcd_argv(bins, etcd_data, etcd_client, etcd_peer),
         APISERVER: components.apiserver_argv(bins, layout, etcd_client, api_port),
         CONTROLLER_MANAGER: components.controller_manager_argv(
-            bins, layout, kcm_kubeconfig, kcm_port, options),
+            bins, layout, kcm_kubeconfig, kcm_port, options
+        ),
         SCHEDULER: components.scheduler_argv(bins, layout, sched_kubeconfig, sched_port, options),
         **{name: components.node_argv(layout, name, node_options) for name in node_names},
     }
@@ -276,8 +293,13 @@ def _start(
     state: dict[str, Any] = {
         "server": server,
         "etcd_data_dir": str(etcd_data),
-        "ports": {ETCD: etcd_client, "etcd-peer": etcd_peer, APISERVER: api_port,
-                  CONTROLLER_MANAGER: kcm_port, SCHEDULER: sched_port},
+        "ports": {
+            ETCD: etcd_client,
+            "etcd-peer": etcd_peer,
+            APISERVER: api_port,
+            CONTROLLER_MANAGER: kcm_port,
+            SCHEDULER: sched_port,
+        },
         # Start order; down() walks it backwards.
         "components": list(argv),
         "nodes": node_names,
@@ -288,11 +310,23 @@ def _start(
     _write_state(layout, state)
     if owner_pid is not None:
         owner = psutil.Process(owner_pid)
-        _spawn(layout, WATCHDOG, [
-            sys.executable, "-m", "localcluster.watchdog",
-            "--owner-pid", str(owner_pid), "--owner-create-time", str(owner.create_time()),
-            "--state-dir", str(layout.root),
-        ], env=components.node_env(), cwd=REPO_ROOT)
+        _spawn(
+            layout,
+            WATCHDOG,
+            [
+                sys.executable,
+                "-m",
+                "localcluster.watchdog",
+                "--owner-pid",
+                str(owner_pid),
+                "--owner-create-time",
+                str(owner.create_time()),
+                "--state-dir",
+                str(layout.root),
+            ],
+            env=components.node_env(),
+            cwd=REPO_ROOT,
+        )
 
     deadline = time.monotonic() + options.start_timeout
     mark = started
@@ -319,27 +353,49 @@ def _start(
     _spawn(layout, CONTROLLER_MANAGER, argv[CONTROLLER_MANAGER])
     _spawn(layout, SCHEDULER, argv[SCHEDULER])
     controllers = [ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER]
-    wait("controller-manager and scheduler /healthz",
-         lambda: ready(CONTROLLER_MANAGER)() and ready(SCHEDULER)(), controllers)
+    wait(
+        "controller-manager and scheduler /healthz",
+        lambda: ready(CONTROLLER_MANAGER)() and ready(SCHEDULER)(),
+        controllers,
+    )
     # Pods are rejected by the ServiceAccount admission plugin until the
     # serviceaccount controller has created the namespace's default account.
-    wait("the default ServiceAccount", lambda: _api_json(
-        layout, server, "/api/v1/namespaces/default/serviceaccounts/default") is not None,
-        controllers)
+    wait(
+        "the default ServiceAccount",
+        lambda: (
+            _api_json(layout, server, "/api/v1/namespaces/default/serviceaccounts/default")
+            is not None
+        ),
+        controllers,
+    )
     phase("controllers")
     for name in node_names:
         _spawn(layout, name, argv[name], env=components.node_env(), cwd=REPO_ROOT)
-    wait(f"nodes {', '.join(node_names)} Ready",
-         lambda: _nodes_ready(layout, server, node_names), [*controllers, *node_names])
+    wait(
+        f"nodes {', '.join(node_names)} Ready",
+        lambda: _nodes_ready(layout, server, node_names),
+        [*controllers, *node_names],
+    )
     phase("nodes")
     _write_state(layout, state)
     return state
 
 
-def _spawn(layout: Layout, name: str, argv: Sequence[str],
-           env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
-    procs.spawn(name, argv, logs_dir=layout.logs, pids_dir=layout.pids,
-                env=env if env is not None else procs.base_env(), cwd=cwd or layout.root)
+def _spawn(
+    layout: Layout,
+    name: str,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> None:
+    procs.spawn(
+        name,
+        argv,
+        logs_dir=layout.logs,
+        pids_dir=layout.pids,
+        env=env if env is not None else procs.base_env(),
+        cwd=cwd or layout.root,
+    )
 
 
 def down(state_dir: Path) -> None:
@@ -358,8 +414,14 @@ def down(state_dir: Path) -> None:
         shutil.rmtree(state["etcd_data_dir"], ignore_errors=True)
 
 
-def restart(state_dir: Path, component: str, *, wait: bool = True, timeout: float = 120.0,
-            grace: float = procs.STOP_GRACE_SECONDS) -> None:
+def restart(
+    state_dir: Path,
+    component: str,
+    *,
+    wait: bool = True,
+    timeout: float = 120.0,
+    grace: float = procs.STOP_GRACE_SECONDS,
+) -> None:
     """Stop one component and start it again with the same command line (chaos tests).
 
     ``grace`` is how long SIGTERM gets before SIGKILL; 0 simulates a crash. With
@@ -372,14 +434,20 @@ def restart(state_dir: Path, component: str, *, wait: bool = True, timeout: floa
         raise ControlPlaneError(f"no component {component!r} in {layout.root}")
     procs.stop(layout.pids, component, grace=grace)
     if component in state["nodes"]:
-        _spawn(layout, component, state["argv"][component],
-               env=components.node_env(), cwd=REPO_ROOT)
+        _spawn(
+            layout, component, state["argv"][component], env=components.node_env(), cwd=REPO_ROOT
+        )
     else:
         _spawn(layout, component, state["argv"][component])
     if wait:
         ready = _ready_check(layout, state, component)
-        _wait(f"{component} after restart", lambda: ready() and is_running(layout.root),
-              layout=layout, watched=state["components"], deadline=time.monotonic() + timeout)
+        _wait(
+            f"{component} after restart",
+            lambda: ready() and is_running(layout.root),
+            layout=layout,
+            watched=state["components"],
+            deadline=time.monotonic() + timeout,
+        )
 
 
 def memory(state_dir: Path) -> dict[str, procs.Memory]:

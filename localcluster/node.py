@@ -80,8 +80,13 @@ def default_image_map() -> list[specs.ImageEnv]:
     # Every image stands for the interpreter running the agent: its bin directory (the
     # checkout's virtualenv) comes first on PATH, so `python` and `podtask-runner` are
     # the project's. Images conventionally set PYTHONUNBUFFERED so logs stream.
-    return [specs.ImageEnv(match="*", path_prepend=(str(Path(sys.executable).parent),),
-                           env={"PYTHONUNBUFFERED": "1"})]
+    return [
+        specs.ImageEnv(
+            match="*",
+            path_prepend=(str(Path(sys.executable).parent),),
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+    ]
 
 
 def load_image_map(path: Path | None) -> list[specs.ImageEnv]:
@@ -146,14 +151,19 @@ class Agent:
             why_not = mount_namespaces_available()
             mount_namespaces = why_not is None
             if why_not is not None:
-                log(f"warning: no mount namespaces for containers ({why_not}); volumes are "
-                    "reachable only through $PODTASK_NODE_VOLUME_<MOUNT_PATH>")
+                log(
+                    f"warning: no mount namespaces for containers ({why_not}); volumes are "
+                    "reachable only through $PODTASK_NODE_VOLUME_<MOUNT_PATH>"
+                )
         self.context = NodeContext(
             kube=kube,
             node_name=self.name,
             pods_dir=self.pods_dir,
-            image_map=(fixed_image_map(args.image_map) if args.image_map is not None
-                       else StateDirImageMap(self.state_dir / "image-map.yaml")),
+            image_map=(
+                fixed_image_map(args.image_map)
+                if args.image_map is not None
+                else StateDirImageMap(self.state_dir / "image-map.yaml")
+            ),
             # The `kubernetes` Service's ClusterIP is not reachable from a plain process;
             # in-cluster clients get the API server itself.
             service_env={
@@ -270,9 +280,14 @@ class Agent:
                     listing = await self.kube.get("/api/v1/pods", params)
                     self.reconcile(listing.get("items") or [])
                     version = str(listing["metadata"]["resourceVersion"])
-                async for event in self.kube.watch("/api/v1/pods", {
-                        **params, "resourceVersion": version,
-                        "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}):
+                async for event in self.kube.watch(
+                    "/api/v1/pods",
+                    {
+                        **params,
+                        "resourceVersion": version,
+                        "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
+                    },
+                ):
                     obj = event["object"]
                     version = str(obj["metadata"]["resourceVersion"])
                     if event["type"] != "BOOKMARK":
@@ -285,11 +300,15 @@ class Agent:
 
     # --- logs -----------------------------------------------------------------------
 
-    def locate_log(self, namespace: str, name: str, container: str,
-                   previous: bool) -> LogTarget:
-        pod = next((p for p in self.latest.values()
-                    if p["metadata"]["namespace"] == namespace and p["metadata"]["name"] == name),
-                   None)
+    def locate_log(self, namespace: str, name: str, container: str, previous: bool) -> LogTarget:
+        pod = next(
+            (
+                p
+                for p in self.latest.values()
+                if p["metadata"]["namespace"] == namespace and p["metadata"]["name"] == name
+            ),
+            None,
+        )
         if pod is None:
             raise LogError(404, f'pod "{name}" cannot be found - no logs available')
         uid = pod["metadata"]["uid"]
@@ -298,8 +317,10 @@ class Agent:
             statuses = [r.api() for r in [*worker.inits, *worker.apps]]
         else:
             status = pod.get("status") or {}
-            statuses = [*(status.get("initContainerStatuses") or []),
-                        *(status.get("containerStatuses") or [])]
+            statuses = [
+                *(status.get("initContainerStatuses") or []),
+                *(status.get("containerStatuses") or []),
+            ]
         found = next((s for s in statuses if s["name"] == container), None)
         if found is None:
             raise LogError(400, f'container "{container}" in pod "{name}" is not available')
@@ -316,18 +337,24 @@ class Agent:
                 return False
             process = current.processes.get(container)
             record = current.record(container)
-            return (process is not None and process.alive and record is not None
-                    and record.container_id == container_id)
+            return (
+                process is not None
+                and process.alive
+                and record is not None
+                and record.container_id == container_id
+            )
 
-        return LogTarget(path=instance.path, start=instance.start, end=instance.end,
-                         running=running)
+        return LogTarget(
+            path=instance.path, start=instance.start, end=instance.end, running=running
+        )
 
     # --- main -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         registration = self.registration
         runner, registration.log_port = await serve(
-            self.locate_log, self_signed(self.node_dir, self.name))
+            self.locate_log, self_signed(self.node_dir, self.name)
+        )
         loops: list[asyncio.Task[None]] = []
         try:
             version = await _retry_forever("register node", registration.register, stop)
@@ -338,10 +365,14 @@ class Agent:
                 mode += " mode, mount namespaces"
             else:
                 mode += " mode"
-            log(f"node {self.name} registered (kubelet version {version}, logs on "
-                f"{HOST_IP}:{registration.log_port}, {mode})")
-            loops = [asyncio.create_task(registration.heartbeat(version)),
-                     asyncio.create_task(self.watch_pods())]
+            log(
+                f"node {self.name} registered (kubelet version {version}, logs on "
+                f"{HOST_IP}:{registration.log_port}, {mode})"
+            )
+            loops = [
+                asyncio.create_task(registration.heartbeat(version)),
+                asyncio.create_task(self.watch_pods()),
+            ]
             await stop.wait()
         finally:
             for loop in loops:
@@ -363,8 +394,9 @@ def _log_container_id(status: Obj, container: str, pod: str, previous: bool) -> 
     state, last = status.get("state") or {}, (status.get("lastState") or {}).get("terminated")
     if previous:
         if not last or not last.get("containerID"):
-            raise LogError(400, f'previous terminated container "{container}" in pod "{pod}" '
-                                "not found")
+            raise LogError(
+                400, f'previous terminated container "{container}" in pod "{pod}" not found'
+            )
         return str(last["containerID"])
     if "running" in state:
         return str(status.get("containerID") or "")
@@ -381,8 +413,9 @@ def _log_container_id(status: Obj, container: str, pod: str, previous: bool) -> 
     raise LogError(400, f'container "{container}" in pod "{pod}" is waiting to start: {reason}')
 
 
-async def _retry_forever(what: str, call: Callable[[], Awaitable[str]],
-                         stop: asyncio.Event) -> str | None:
+async def _retry_forever(
+    what: str, call: Callable[[], Awaitable[str]], stop: asyncio.Event
+) -> str | None:
     delay = 0.5
     while not stop.is_set():
         try:
@@ -407,29 +440,54 @@ def _flag(value: str) -> bool:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m localcluster.node",
-        description="a test-only node agent that runs pods as local processes")
+        description="a test-only node agent that runs pods as local processes",
+    )
     parser.add_argument("--kubeconfig", type=Path, required=True)
-    parser.add_argument("--state-dir", type=Path, required=True,
-                        help="pod directories and logs go to <state-dir>/pods")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="pod directories and logs go to <state-dir>/pods",
+    )
     parser.add_argument("--name", required=True, help="the Node's name")
     parser.add_argument("--cpu", default="8")
     parser.add_argument("--memory", default="16Gi")
     parser.add_argument("--pods", default="250")
-    parser.add_argument("--image-map", type=Path, default=None,
-                        help="YAML/JSON list of {match, pathPrepend, env, workingDir, "
-                             "entrypoint, cmd}; default: <state-dir>/image-map.yaml if "
-                             "present, then every image -> this interpreter's bin directory "
-                             "first on PATH")
-    parser.add_argument("--mount-namespaces", choices=["auto", "off"], default="auto",
-                        help="auto: containers with volume mounts get their own mount "
-                             "namespace with the volumes at their paths, if this process "
-                             "may create one")
+    parser.add_argument(
+        "--image-map",
+        type=Path,
+        default=None,
+        help="YAML/JSON list of {match, pathPrepend, env, workingDir, "
+        "entrypoint, cmd}; default: <state-dir>/image-map.yaml if "
+        "present, then every image -> this interpreter's bin directory "
+        "first on PATH",
+    )
+    parser.add_argument(
+        "--mount-namespaces",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: containers with volume mounts get their own mount "
+        "namespace with the volumes at their paths, if this process "
+        "may create one",
+    )
     # Also accepts a value (`--instant true`) for callers that pass every option as a pair.
-    parser.add_argument("--instant", nargs="?", const=True, default=False, type=_flag,
-                        help="run nothing: bound pods go straight to Running, then Succeeded")
-    parser.add_argument("--instant-runner", nargs="?", const=True, default=False, type=_flag,
-                        help="--instant, but podtask-runner pods first make the runner's run "
-                             "API calls (context, then complete) with the pod's env")
+    parser.add_argument(
+        "--instant",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="run nothing: bound pods go straight to Running, then Succeeded",
+    )
+    parser.add_argument(
+        "--instant-runner",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_flag,
+        help="--instant, but podtask-runner pods first make the runner's run "
+        "API calls (context, then complete) with the pod's env",
+    )
     return parser.parse_args(argv)
 
 

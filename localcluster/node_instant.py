@@ -38,8 +38,13 @@ REPORT_DEADLINE_SECONDS = 30.0
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 LEDGER_PREFIX = "INSTANT-RUNNER "
 EXIT_REPORTED, EXIT_NOT_REPORTED, EXIT_CANCELED = 0, 1, 143
-ENV_NAMES = ("PODTASK_API_URL", "PODTASK_RUN_TOKEN", "PODTASK_RUN_NAMESPACE",
-             "PODTASK_RUN_NAME", "PODTASK_ATTEMPT")
+ENV_NAMES = (
+    "PODTASK_API_URL",
+    "PODTASK_RUN_TOKEN",
+    "PODTASK_RUN_NAMESPACE",
+    "PODTASK_RUN_NAME",
+    "PODTASK_ATTEMPT",
+)
 
 
 class _RefusedError(Exception):
@@ -58,8 +63,10 @@ def is_runner_pod(pod: Obj) -> bool:
 
 
 def ledger(**fields: Any) -> None:
-    print(LEDGER_PREFIX + json.dumps({**fields, "time": round(time.time(), 3)}, sort_keys=True),
-          flush=True)
+    print(
+        LEDGER_PREFIX + json.dumps({**fields, "time": round(time.time(), 3)}, sort_keys=True),
+        flush=True,
+    )
 
 
 class InstantRunner:
@@ -72,22 +79,24 @@ class InstantRunner:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=REPORT_DEADLINE_SECONDS),
-                connector=aiohttp.TCPConnector(limit=0))
+                connector=aiohttp.TCPConnector(limit=0),
+            )
         return self._session
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
-    async def _call(self, method: str, url: str, token: str, body: Obj | None,
-                    deadline: float) -> Obj:
+    async def _call(
+        self, method: str, url: str, token: str, body: Obj | None, deadline: float
+    ) -> Obj:
         give_up = time.monotonic() + deadline
         delay = 0.25
         while True:
             try:
                 async with self.session().request(
-                        method, url, json=body,
-                        headers={"Authorization": f"Bearer {token}"}) as response:
+                    method, url, json=body, headers={"Authorization": f"Bearer {token}"}
+                ) as response:
                     text = await response.text()
                     if response.status >= 300:
                         raise _RefusedError(response.status, text)
@@ -108,17 +117,24 @@ class InstantRunner:
         meta = pod["metadata"]
         missing = [name for name in ENV_NAMES if not env.get(name)]
         if missing:
-            print(f"pod {meta['namespace']}/{meta['name']}: runner env lacks {missing}",
-                  flush=True)
+            print(f"pod {meta['namespace']}/{meta['name']}: runner env lacks {missing}", flush=True)
             return EXIT_NOT_REPORTED
-        base = (f"{env['PODTASK_API_URL'].rstrip('/')}/v1/runs/"
-                f"{env['PODTASK_RUN_NAMESPACE']}/{env['PODTASK_RUN_NAME']}")
+        base = (
+            f"{env['PODTASK_API_URL'].rstrip('/')}/v1/runs/"
+            f"{env['PODTASK_RUN_NAMESPACE']}/{env['PODTASK_RUN_NAME']}"
+        )
         token, attempt = env["PODTASK_RUN_TOKEN"], int(env["PODTASK_ATTEMPT"])
-        record = {"namespace": meta["namespace"], "run": env["PODTASK_RUN_NAME"],
-                  "pod": meta["name"], "uid": meta["uid"], "attempt": attempt}
+        record = {
+            "namespace": meta["namespace"],
+            "run": env["PODTASK_RUN_NAME"],
+            "pod": meta["name"],
+            "uid": meta["uid"],
+            "attempt": attempt,
+        }
         try:
-            context = await self._call("GET", f"{base}/context?attempt={attempt}", token, None,
-                                       CONNECT_DEADLINE_SECONDS)
+            context = await self._call(
+                "GET", f"{base}/context?attempt={attempt}", token, None, CONNECT_DEADLINE_SECONDS
+            )
         except _RefusedError as error:
             ledger(**record, event="no-context", status=error.status)
             return EXIT_NOT_REPORTED
@@ -126,12 +142,22 @@ class InstantRunner:
         payload = context.get("payload")
         knobs = payload.get("instantRunner") if isinstance(payload, dict) else None
         knobs = knobs if isinstance(knobs, dict) else {}
-        await self._hold(base, token, attempt, float(knobs.get("sleepSeconds") or 0),
-                         float(context.get("heartbeatIntervalSeconds") or 30.0))
+        await self._hold(
+            base,
+            token,
+            attempt,
+            float(knobs.get("sleepSeconds") or 0),
+            float(context.get("heartbeatIntervalSeconds") or 30.0),
+        )
         if attempt <= int(knobs.get("failAttempts") or 0):
             action = "fail"
-            body: Obj = {"attempt": attempt, "error": {
-                "type": "InstantFailure", "message": f"attempt {attempt} fails on purpose"}}
+            body: Obj = {
+                "attempt": attempt,
+                "error": {
+                    "type": "InstantFailure",
+                    "message": f"attempt {attempt} fails on purpose",
+                },
+            }
         else:
             action, body = "complete", {"attempt": attempt, "output": {"ok": True}}
         try:
@@ -145,13 +171,15 @@ class InstantRunner:
         ledger(**record, event="completed" if action == "complete" else "failed")
         return EXIT_REPORTED
 
-    async def _hold(self, base: str, token: str, attempt: int, seconds: float,
-                    interval: float) -> None:
+    async def _hold(
+        self, base: str, token: str, attempt: int, seconds: float, interval: float
+    ) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(left, interval))
             if end - time.monotonic() > 0:
                 # The runner only logs a failed heartbeat.
                 with contextlib.suppress(_RefusedError):
-                    await self._call("POST", f"{base}/heartbeat", token, {"attempt": attempt},
-                                     min(interval, 5.0))
+                    await self._call(
+                        "POST", f"{base}/heartbeat", token, {"attempt": attempt}, min(interval, 5.0)
+                    )

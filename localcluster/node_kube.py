@@ -71,11 +71,15 @@ class Kube:
     def __init__(self, kubeconfig: Path) -> None:
         config = yaml.safe_load(kubeconfig.read_text())
         context_name = config.get("current-context")
-        context = next(c["context"] for c in config["contexts"]
-                       if c["name"] == context_name or context_name is None)
+        context = next(
+            c["context"]
+            for c in config["contexts"]
+            if c["name"] == context_name or context_name is None
+        )
         cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
-        user: Obj = next((u["user"] for u in config.get("users") or []
-                          if u["name"] == context.get("user")), {})
+        user: Obj = next(
+            (u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {}
+        )
         self.server = str(cluster["server"]).rstrip("/")
         self._ssl = _ssl_context(cluster, user, kubeconfig.parent)
         self._headers = {"Accept": "application/json"}
@@ -118,7 +122,11 @@ class Kube:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         async with self.session.request(
-            method, self.server + path, data=data, params=params, headers=headers,
+            method,
+            self.server + path,
+            data=data,
+            params=params,
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=seconds),
         ) as response:
             text = await response.text()
@@ -145,7 +153,8 @@ class Kube:
         """Events of one watch request; raises GoneError when the resourceVersion expired."""
         query = {**params, "watch": "true", "allowWatchBookmarks": "true"}
         async with self.session.get(
-            self.server + path, params=query,
+            self.server + path,
+            params=query,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
         ) as response:
             if response.status == 410:
@@ -159,6 +168,10 @@ class Kube:
                 if event.get("type") == "ERROR":
                     if (event.get("object") or {}).get("code") == 410:
                         raise GoneError()
-                    raise ApiError(int((event.get("object") or {}).get("code") or 500),
-                                   json.dumps(event.get("object")), "WATCH", path)
+                    raise ApiError(
+                        int((event.get("object") or {}).get("code") or 500),
+                        json.dumps(event.get("object")),
+                        "WATCH",
+                        path,
+                    )
                 yield event

@@ -56,17 +56,27 @@ def self_signed(directory: Path, name: str) -> ssl.SSLContext:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(name), x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(name),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert_path), str(key_path))
@@ -145,10 +155,13 @@ def make_app(locate: Locator) -> web.Application:
         with target.path.open("rb") as log:
             log.seek(offset)
             while True:
-                chunk = log.read(64 * 1024) if target.end is None else log.read(
-                    max(0, min(64 * 1024, end - log.tell())))
+                chunk = (
+                    log.read(64 * 1024)
+                    if target.end is None
+                    else log.read(max(0, min(64 * 1024, end - log.tell())))
+                )
                 if limit is not None:
-                    chunk = chunk[:max(0, limit - sent)]
+                    chunk = chunk[: max(0, limit - sent)]
                 if chunk:
                     await response.write(chunk)
                     sent += len(chunk)
@@ -170,8 +183,9 @@ def make_app(locate: Locator) -> web.Application:
     return app
 
 
-async def serve(locate: Locator, context: ssl.SSLContext,
-                host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
+async def serve(
+    locate: Locator, context: ssl.SSLContext, host: str = "127.0.0.1"
+) -> tuple[web.AppRunner, int]:
     """Start the HTTPS log server on a free port; returns the runner and the port.
 
     Several agents share 127.0.0.1, so each binds its own ephemeral port.

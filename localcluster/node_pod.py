@@ -17,9 +17,11 @@ import secrets
 import time
 from typing import Any
 
+import aiohttp
+
 from localcluster import node_spec as specs
 from localcluster import node_status as st
-from localcluster.node_instant import EXIT_CANCELED, InstantRunner, is_runner_pod
+from localcluster.node_instant import EXIT_CANCELED, InstantRunner, is_runner_pod, ledger
 from localcluster.node_kube import ApiError, Kube
 from localcluster.node_process import Process, spawn
 from localcluster.node_sandbox import Instance, NodeContext, Sandbox, parse_time
@@ -30,6 +32,7 @@ CONFIG_RETRY_SECONDS = 2.0
 MIN_GRACE_SECONDS = 2.0  # kuberuntime's minimumGracePeriodInSeconds
 SHUTDOWN_GRACE_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30.0
+
 
 class Stop(enum.Enum):
     DELETED = "deleted"
@@ -52,8 +55,7 @@ def _resource_version(pod: Obj) -> int:
 
 
 class PodWorker:
-    def __init__(self, node: NodeContext, pod: Obj,
-                 runner: InstantRunner | None = None) -> None:
+    def __init__(self, node: NodeContext, pod: Obj, runner: InstantRunner | None = None) -> None:
         self.node = node
         self.runner = runner  # --instant-runner: plays podtask-runner's calls
         self.pod = pod
@@ -64,12 +66,15 @@ class PodWorker:
         self.sandbox = Sandbox(node, pod)
         spec = pod["spec"]
         self.specs: dict[str, Obj] = {
-            c["name"]: c for c in [*(spec.get("initContainers") or []), *spec["containers"]]}
+            c["name"]: c for c in [*(spec.get("initContainers") or []), *spec["containers"]]
+        }
         status = pod.get("status") or {}
-        self.inits = self._adopt(spec.get("initContainers") or [],
-                                 status.get("initContainerStatuses") or [], init=True)
-        self.apps = self._adopt(spec["containers"], status.get("containerStatuses") or [],
-                                init=False)
+        self.inits = self._adopt(
+            spec.get("initContainers") or [], status.get("initContainerStatuses") or [], init=True
+        )
+        self.apps = self._adopt(
+            spec["containers"], status.get("containerStatuses") or [], init=False
+        )
         self.start_time: str = status.get("startTime") or st.now_time()
         self.processes: dict[str, Process] = {}
         self.instances: dict[str, Instance] = {}  # container ID -> log slice
@@ -101,8 +106,9 @@ class PodWorker:
 
     # --- state ------------------------------------------------------------------------
 
-    def _adopt(self, containers: list[Obj], statuses: list[Obj], init: bool
-               ) -> list[st.ContainerRecord]:
+    def _adopt(
+        self, containers: list[Obj], statuses: list[Obj], init: bool
+    ) -> list[st.ContainerRecord]:
         """Records for the containers, continuing from a status an earlier agent wrote.
 
         A container that was running has no process any more (the agent kills its pods
@@ -110,13 +116,19 @@ class PodWorker:
         """
         by_name = {s["name"]: s for s in statuses}
         records = []
-        default = st.POD_INITIALIZING if self.pod["spec"].get("initContainers") else (
-            st.CONTAINER_CREATING)
+        default = (
+            st.POD_INITIALIZING
+            if self.pod["spec"].get("initContainers")
+            else (st.CONTAINER_CREATING)
+        )
         for container in containers:
             record = st.ContainerRecord(
-                name=container["name"], image=container.get("image", ""), init=init,
+                name=container["name"],
+                image=container.get("image", ""),
+                init=init,
                 state={"waiting": {"reason": default}},
-                resources=container.get("resources") or {})
+                resources=container.get("resources") or {},
+            )
             old = by_name.get(container["name"])
             if old:
                 record.restart_count = int(old.get("restartCount") or 0)
@@ -126,16 +138,29 @@ class PodWorker:
                 if "terminated" in state:
                     record.state = state
                 elif "running" in state:
-                    record.state = {"terminated": {
-                        "exitCode": 137, "reason": st.STATUS_UNKNOWN,
-                        "message": st.STATUS_UNKNOWN_MESSAGE}}
+                    record.state = {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": st.STATUS_UNKNOWN,
+                            "message": st.STATUS_UNKNOWN_MESSAGE,
+                        }
+                    }
             records.append(record)
         return records
 
     def status(self) -> Obj:
-        return st.pod_status(self.pod, self.inits, self.apps, st.PodFacts(
-            host_ip=self.node.host_ip, pod_ip=self.node.host_ip, start_time=self.start_time,
-            terminal=self.terminal, evicted=self.evicted))
+        return st.pod_status(
+            self.pod,
+            self.inits,
+            self.apps,
+            st.PodFacts(
+                host_ip=self.node.host_ip,
+                pod_ip=self.node.host_ip,
+                start_time=self.start_time,
+                terminal=self.terminal,
+                evicted=self.evicted,
+            ),
+        )
 
     def phase(self) -> str:
         return str(self.status()["phase"])
@@ -167,8 +192,7 @@ class PodWorker:
                     self._sent.set()
                     self.stop(Stop.VANISHED)
                     return
-                print(f"pod {self.namespace}/{self.name}: status patch failed: {error}",
-                      flush=True)
+                print(f"pod {self.namespace}/{self.name}: status patch failed: {error}", flush=True)
                 if 400 <= error.status < 500 and error.status not in {409, 429}:
                     # Retrying a rejected status cannot help; count it as sent.
                     self._sent_version = max(self._sent_version, version)
@@ -177,9 +201,12 @@ class PodWorker:
                 await asyncio.sleep(1.0)
                 self._dirty.set()
                 continue
-            except (OSError, TimeoutError) as error:
-                print(f"pod {self.namespace}/{self.name}: status patch failed: {error!r}",
-                      flush=True)
+            except (OSError, TimeoutError, aiohttp.ClientError) as error:
+                # ClientError: a disconnect (API server restarting) is not an OSError, and
+                # must not end this sender: the pod's status would never be reported again.
+                print(
+                    f"pod {self.namespace}/{self.name}: status patch failed: {error!r}", flush=True
+                )
                 await asyncio.sleep(1.0)
                 self._dirty.set()
                 continue
@@ -240,7 +267,8 @@ class PodWorker:
             if not lifecycle.done():
                 waits.append(lifecycle)
             _, pending = await asyncio.wait(
-                waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
             for waiter in pending:
                 if waiter is not lifecycle:
                     waiter.cancel()
@@ -275,9 +303,15 @@ class PodWorker:
         meta = pod["metadata"]
         try:
             await kube.request(
-                "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                body={"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                      "preconditions": {"uid": meta["uid"]}})
+                "DELETE",
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                body={
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
         except ApiError as error:
             # 404: already gone; 409: the name now belongs to a new pod.
             if error.status not in {404, 409}:
@@ -293,10 +327,15 @@ class PodWorker:
         if self.node.instant:
             for record in self.apps:
                 if record.running:
-                    record.state = {"terminated": {
-                        "exitCode": 0, "reason": "Completed",
-                        "startedAt": record.state["running"]["startedAt"],
-                        "finishedAt": st.now_time(), "containerID": record.container_id}}
+                    record.state = {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": record.state["running"]["startedAt"],
+                            "finishedAt": st.now_time(),
+                            "containerID": record.container_id,
+                        }
+                    }
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -328,9 +367,15 @@ class PodWorker:
         now = st.now_time()
         for record in self.inits:
             record.container_id = f"process://{secrets.token_hex(32)}"
-            record.state = {"terminated": {
-                "exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
-                "containerID": record.container_id}}
+            record.state = {
+                "terminated": {
+                    "exitCode": 0,
+                    "reason": "Completed",
+                    "startedAt": now,
+                    "finishedAt": now,
+                    "containerID": record.container_id,
+                }
+            }
         for record in self.apps:
             record.container_id = f"process://{secrets.token_hex(32)}"
             record.state = {"running": {"startedAt": now}}
@@ -342,10 +387,17 @@ class PodWorker:
         now = st.now_time()
         for record in self.apps:
             started = (record.state.get("running") or record.state.get("terminated") or {}).get(
-                "startedAt", now)
-            record.state = {"terminated": {
-                "exitCode": code, "reason": st.terminated_reason(code, False),
-                "startedAt": started, "finishedAt": now, "containerID": record.container_id}}
+                "startedAt", now
+            )
+            record.state = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": st.terminated_reason(code, False),
+                    "startedAt": started,
+                    "finishedAt": now,
+                    "containerID": record.container_id,
+                }
+            }
         self._mark_dirty()
 
     async def _instant_runner(self) -> int:
@@ -354,8 +406,9 @@ class PodWorker:
         if not is_runner_pod(self.pod):
             return 0
         try:
-            env = specs.container_env(self.pod["spec"]["containers"][0],
-                                      await self.sandbox.env_context(self.pod))
+            env = specs.container_env(
+                self.pod["spec"]["containers"][0], await self.sandbox.env_context(self.pod)
+            )
         except (specs.ConfigError, ApiError, OSError, TimeoutError) as error:
             print(f"pod {self.namespace}/{self.name}: {error!r}", flush=True)
             return 1
@@ -367,6 +420,14 @@ class PodWorker:
             calls.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await calls
+            ledger(
+                namespace=self.namespace,
+                pod=self.name,
+                uid=self.uid,
+                event="canceled",
+                run=env.get("PODTASK_RUN_NAME"),
+                attempt=env.get("PODTASK_ATTEMPT"),
+            )
             return EXIT_CANCELED
         return calls.result()
 
@@ -390,8 +451,13 @@ class PodWorker:
                     return code == 0 and not self.stop_reason
                 delay = self.backoff.delay(record.name, finished_at, time.time())
                 if delay > 0:
-                    self._set_waiting(record, st.CRASH_LOOP_BACK_OFF, st.crash_loop_message(
-                        self.backoff.current(record.name), record.name, self.pod))
+                    self._set_waiting(
+                        record,
+                        st.CRASH_LOOP_BACK_OFF,
+                        st.crash_loop_message(
+                            self.backoff.current(record.name), record.name, self.pod
+                        ),
+                    )
                     await self._sleep(delay)
                     continue
             env = await self._configure(record, container)
@@ -411,8 +477,7 @@ class PodWorker:
         record.state = {"waiting": waiting}
         self._mark_dirty()
 
-    async def _configure(self, record: st.ContainerRecord, container: Obj
-                         ) -> dict[str, str] | None:
+    async def _configure(self, record: st.ContainerRecord, container: Obj) -> dict[str, str] | None:
         """The container's env; retried (CreateContainerConfigError) until its refs exist."""
         while not self.stop_reason:
             try:
@@ -435,8 +500,9 @@ class PodWorker:
             await self._sleep(CONFIG_RETRY_SECONDS)
         return False
 
-    async def _execute(self, record: st.ContainerRecord, container: Obj,
-                       env: dict[str, str]) -> None:
+    async def _execute(
+        self, record: st.ContainerRecord, container: Obj, env: dict[str, str]
+    ) -> None:
         if self.stop_reason:
             return
         if record.terminated is not None:
@@ -453,8 +519,14 @@ class PodWorker:
             launch = self.sandbox.launch(container, env)
             if not launch.argv:
                 raise OSError("no command specified")
-            process = spawn(launch.argv, env=launch.env, cwd=launch.cwd, log_path=log_path,
-                            loop=asyncio.get_running_loop(), mounts=launch.mounts)
+            process = spawn(
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                log_path=log_path,
+                loop=asyncio.get_running_loop(),
+                mounts=launch.mounts,
+            )
             # Registered before the exec is known, so a stop meanwhile reaches it.
             self.processes[record.name] = process
             exec_error = await process.exec_error
@@ -465,10 +537,16 @@ class PodWorker:
             # containerd's StartError: the task never ran.
             if process is not None:
                 self.processes.pop(record.name, None)
-            record.state = {"terminated": {
-                "exitCode": 128, "reason": "StartError", "message": str(error),
-                "startedAt": "1970-01-01T00:00:00Z", "finishedAt": st.now_time(),
-                "containerID": record.container_id}}
+            record.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": str(error),
+                    "startedAt": "1970-01-01T00:00:00Z",
+                    "finishedAt": st.now_time(),
+                    "containerID": record.container_id,
+                }
+            }
             instance.end = log_path.stat().st_size if log_path.exists() else start
             self._mark_dirty()
             return
@@ -483,9 +561,12 @@ class PodWorker:
         if process.oom_killed:
             code = 137
         terminated: Obj = {
-            "exitCode": code, "reason": st.terminated_reason(code, process.oom_killed),
-            "startedAt": started_at, "finishedAt": st.now_time(),
-            "containerID": record.container_id}
+            "exitCode": code,
+            "reason": st.terminated_reason(code, process.oom_killed),
+            "startedAt": started_at,
+            "finishedAt": st.now_time(),
+            "containerID": record.container_id,
+        }
         message = self.sandbox.termination_message(container, code, instance)
         if message:
             terminated["message"] = message

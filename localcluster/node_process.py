@@ -47,11 +47,15 @@ def mount_namespaces_available() -> str | None:
     try:
         result = subprocess.run(
             [sys.executable, "-I", "-S", str(MOUNTNS_SCRIPT), "--probe"],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_SECONDS, check=False)
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_SECONDS,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return repr(error)
     if result.returncode != 0:
-        return (result.stderr.strip() or f"probe exited with {result.returncode}")
+        return result.stderr.strip() or f"probe exited with {result.returncode}"
     return None
 
 
@@ -66,7 +70,7 @@ def _sessions() -> Iterator[tuple[int, int]]:
         except OSError:
             continue
         # The command name may hold spaces and parentheses; fields resume after the last ')'.
-        fields = raw[raw.rfind(b")") + 2:].split()
+        fields = raw[raw.rfind(b")") + 2 :].split()
         # Zombies hold no memory and cannot be killed again; their reaper is elsewhere.
         if not fields or fields[0] in {b"Z", b"X"}:
             continue
@@ -102,8 +106,12 @@ def exit_code(wait_status: int) -> int:
 class Process:
     """One running container instance."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop,
-                 exec_fd: int | None = None) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        loop: asyncio.AbstractEventLoop,
+        exec_fd: int | None = None,
+    ) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.oom_killed = False
@@ -223,8 +231,16 @@ def spawn(
         read_fd, write_fd = os.pipe()
         pass_fds = (write_fd,)
         spec = json.dumps({"mounts": [m.spec() for m in mounts]})
-        command = [sys.executable, "-I", "-S", str(MOUNTNS_SCRIPT), spec, str(write_fd), "--",
-                   *command]
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(MOUNTNS_SCRIPT),
+            spec,
+            str(write_fd),
+            "--",
+            *command,
+        ]
     try:
         with log_path.open("ab") as log:
             popen = subprocess.Popen(

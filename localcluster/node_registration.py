@@ -32,8 +32,12 @@ AGENT_LABEL = "podtask.dev/node-agent"
 
 NODE_CONDITIONS = (
     ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-    ("MemoryPressure", "False", "KubeletHasSufficientMemory",
-     "kubelet has sufficient memory available"),
+    (
+        "MemoryPressure",
+        "False",
+        "KubeletHasSufficientMemory",
+        "kubelet has sufficient memory available",
+    ),
     ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
     ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
 )
@@ -70,18 +74,27 @@ class NodeRegistration:
         conditions = []
         for kind, status, reason, message in NODE_CONDITIONS:
             since = self.condition_since.setdefault(kind, now)
-            conditions.append({"type": kind, "status": status, "reason": reason,
-                               "message": message, "lastHeartbeatTime": now,
-                               "lastTransitionTime": since})
+            conditions.append(
+                {
+                    "type": kind,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": since,
+                }
+            )
         return {
             "capacity": self.capacity,
             "allocatable": self.capacity,
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": HOST_IP},
-                          # The API server prefers Hostname when it dials the node (for
-                          # logs); a literal IP needs no resolver, as with
-                          # kubelet --hostname-override.
-                          {"type": "Hostname", "address": HOST_IP}],
+            "addresses": [
+                {"type": "InternalIP", "address": HOST_IP},
+                # The API server prefers Hostname when it dials the node (for
+                # logs); a literal IP needs no resolver, as with
+                # kubelet --hostname-override.
+                {"type": "Hostname", "address": HOST_IP},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
             "nodeInfo": {
                 "machineID": _read_id("/etc/machine-id"),
@@ -102,18 +115,26 @@ class NodeRegistration:
         path = f"/api/v1/nodes/{self.name}"
         arch = _architecture()
         labels = {
-            "kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": arch, "beta.kubernetes.io/os": "linux",
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": arch,
+            "beta.kubernetes.io/os": "linux",
             "beta.kubernetes.io/arch": arch,
             AGENT_LABEL: "instant" if self.instant else "process",
         }
         existing = await self.kube.get_or_none(path)
         if existing is None:
             try:
-                existing = await self.kube.request("POST", "/api/v1/nodes", body={
-                    "apiVersion": "v1", "kind": "Node",
-                    "metadata": {"name": self.name, "labels": labels},
-                    "status": self._node_status(version)})
+                existing = await self.kube.request(
+                    "POST",
+                    "/api/v1/nodes",
+                    body={
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {"name": self.name, "labels": labels},
+                        "status": self._node_status(version),
+                    },
+                )
             except ApiError as error:
                 if error.status != 409:
                     raise
@@ -137,21 +158,37 @@ class NodeRegistration:
 
     async def renew_lease(self) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{self.name}"
-        spec = {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-                "renewTime": st.now_micro()}
+        spec = {
+            "holderIdentity": self.name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": st.now_micro(),
+        }
         try:
             await self.kube.patch(path, {"spec": spec}, MERGE)
         except ApiError as error:
             if error.status != 404:
                 raise
             await self.kube.request(
-                "POST", f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
-                body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                      "metadata": {"name": self.name, "namespace": LEASE_NAMESPACE,
-                                   "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
-                                                        "name": self.name,
-                                                        "uid": self.node_uid}]},
-                      "spec": spec})
+                "POST",
+                f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
+                body={
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": LEASE_NAMESPACE,
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Node",
+                                "name": self.name,
+                                "uid": self.node_uid,
+                            }
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
 
     async def heartbeat(self, version: str) -> None:
         since_status = 0.0
@@ -162,8 +199,9 @@ class NodeRegistration:
                 await self.renew_lease()
                 if since_status >= STATUS_HEARTBEAT_SECONDS:
                     since_status = 0.0
-                    await self.kube.patch(f"/api/v1/nodes/{self.name}/status",
-                                          {"status": self._node_status(version)})
+                    await self.kube.patch(
+                        f"/api/v1/nodes/{self.name}/status", {"status": self._node_status(version)}
+                    )
             except ApiError as error:
                 if error.status != 404:
                     log(f"heartbeat failed: {error}")

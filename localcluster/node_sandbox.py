@@ -47,11 +47,32 @@ MAX_LOG_MESSAGE_LINES = 80  # ...MaxContainerTerminationMessageLogLines
 # kubelet mounts these read-only whatever the volumeMount says.
 READ_ONLY_VOLUME_KINDS = ("configMap", "secret", "downwardAPI", "projected")
 # Mounting over one of these would hide what every process needs from the host.
-SYSTEM_DIRS = frozenset({
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/usr", "/usr/local", "/var",
-    "/var/lib", "/var/run",
-})
+SYSTEM_DIRS = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/usr",
+        "/usr/local",
+        "/var",
+        "/var/lib",
+        "/var/run",
+    }
+)
 SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 
@@ -136,7 +157,8 @@ class Sandbox:
         found: dict[str, Obj | None] = {}
         for name in sorted(names):
             found[name] = await self.node.kube.get_or_none(
-                f"/api/v1/namespaces/{self.namespace}/{kind}/{name}")
+                f"/api/v1/namespaces/{self.namespace}/{kind}/{name}"
+            )
         return found
 
     async def env_context(self, pod: Obj) -> specs.EnvContext:
@@ -157,15 +179,24 @@ class Sandbox:
         for source in specs.token_sources(volume):
             spec: Obj = {
                 "expirationSeconds": source.expiration_seconds,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name,
-                                   "uid": self.uid},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.name,
+                    "uid": self.uid,
+                },
             }
             if source.audience:
                 spec["audiences"] = [source.audience]
             response = await self.node.kube.request(
-                "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
-                body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                      "spec": spec})
+                "POST",
+                f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token",
+                body={
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenRequest",
+                    "spec": spec,
+                },
+            )
             tokens[source.path] = str(response["status"]["token"])
         return tokens
 
@@ -191,8 +222,11 @@ class Sandbox:
         files = specs.volume_files(volume, ctx, tokens)
         if files is None and "emptyDir" not in volume:
             # PVCs, CSI, ephemeral and image volumes have nothing to stand in for them.
-            print(f"pod {self.namespace}/{self.name}: volume {volume['name']}: unsupported "
-                  "kind, mounted as an empty directory", flush=True)
+            print(
+                f"pod {self.namespace}/{self.name}: volume {volume['name']}: unsupported "
+                "kind, mounted as an empty directory",
+                flush=True,
+            )
         await asyncio.to_thread(_write_files, target, files or {})
         return target
 
@@ -207,8 +241,9 @@ class Sandbox:
             if base is None:
                 continue
             sub = mount.get("subPath") or specs.expand(
-                mount.get("subPathExpr") or "", specs.mapping_for(env))
-            host = (base / sub if sub else base) / path[len(mount_path):].lstrip("/")
+                mount.get("subPathExpr") or "", specs.mapping_for(env)
+            )
+            host = (base / sub if sub else base) / path[len(mount_path) :].lstrip("/")
             if best is None or len(mount_path) > best[0]:
                 best = (len(mount_path), host)
         return best[1] if best else None
@@ -239,16 +274,23 @@ class Sandbox:
         cwd = self._cwd(container, image, env)
         mounts: tuple[BindMount, ...] = ()
         if self.node.mount_namespaces:
-            keep = [self.dir, cwd, *map(Path, image.path_prepend), Path(sys.prefix),
-                    Path(sys.base_prefix), Path(sys.executable).parent,
-                    *(Path(p) for p in result.get("PYTHONPATH", "").split(os.pathsep) if p)]
+            keep = [
+                self.dir,
+                cwd,
+                *map(Path, image.path_prepend),
+                Path(sys.prefix),
+                Path(sys.base_prefix),
+                Path(sys.executable).parent,
+                *(Path(p) for p in result.get("PYTHONPATH", "").split(os.pathsep) if p),
+            ]
             if image.working_dir:
                 keep.append(Path(image.working_dir))
             mounts = self.bind_mounts(container, env, keep)
         return Launch(argv=argv, env=result, cwd=cwd, mounts=mounts)
 
-    def bind_mounts(self, container: Obj, env: Mapping[str, str],
-                    keep: Iterable[Path]) -> tuple[BindMount, ...]:
+    def bind_mounts(
+        self, container: Obj, env: Mapping[str, str], keep: Iterable[Path]
+    ) -> tuple[BindMount, ...]:
         """The container's volume mounts as bind mounts, parents first.
 
         A mount over one of the ``keep`` paths (or an ancestor of one) or over a system
@@ -265,16 +307,24 @@ class Sandbox:
             resolved = _resolved(Path(target))
             hidden = [p for p in kept if p == resolved or resolved in p.parents]
             reason = ""
-            if target in SYSTEM_DIRS or str(resolved) in SYSTEM_DIRS or any(
+            if (
+                target in SYSTEM_DIRS
+                or str(resolved) in SYSTEM_DIRS
+                or any(
                     str(resolved).startswith(tree + "/") or str(resolved) == tree
-                    for tree in SYSTEM_TREES):
+                    for tree in SYSTEM_TREES
+                )
+            ):
                 reason = "a system directory"
             elif hidden:
                 reason = f"it would hide {hidden[0]}"
             if reason:
-                print(f"pod {self.namespace}/{self.name}: container {container['name']}: "
-                      f"volume {mount['name']} not mounted at {target} ({reason}); it is at "
-                      f"${specs.env_name_for_path(VOLUME_ENV_PREFIX, target)}", flush=True)
+                print(
+                    f"pod {self.namespace}/{self.name}: container {container['name']}: "
+                    f"volume {mount['name']} not mounted at {target} ({reason}); it is at "
+                    f"${specs.env_name_for_path(VOLUME_ENV_PREFIX, target)}",
+                    flush=True,
+                )
                 continue
             if not source.exists():
                 # kubelet creates a missing subPath as a directory.
@@ -299,8 +349,9 @@ class Sandbox:
 
     def termination_message(self, container: Obj, code: int, instance: Instance) -> str:
         """kubelet's: the file's last 4 KiB, else (FallbackToLogsOnError, failed) the log tail."""
-        fallback = (container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
-                    and code != 0)
+        fallback = (
+            container.get("terminationMessagePolicy") == "FallbackToLogsOnError" and code != 0
+        )
         try:
             data = _read_tail(self.termination_file(container["name"]), MAX_TERMINATION_MESSAGE)
         except OSError:

@@ -32,11 +32,21 @@ class ConfigError(Exception):
 # --- quantities -----------------------------------------------------------------------
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-            "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
-            "P": Decimal("1e15"), "E": Decimal("1e18")}
+_DECIMAL = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
 _QUANTITY = re.compile(
-    r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$")
+    r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?)$"
+)
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
@@ -77,7 +87,7 @@ def expand(text: str, mapping: Callable[[str], str]) -> str:
     while cursor < len(text):
         if text[cursor] == "$" and cursor + 1 < len(text):
             out.append(text[checkpoint:cursor])
-            rest = text[cursor + 1:]
+            rest = text[cursor + 1 :]
             if rest[0] == "$":
                 out.append("$")
                 advance = 1
@@ -286,8 +296,9 @@ def container_env(container: Obj, ctx: EnvContext) -> dict[str, str]:
 
 def _value_from(value_from: Obj, container: Obj, ctx: EnvContext) -> str | None:
     if value_from.get("fieldRef"):
-        return field_value(ctx.pod, value_from["fieldRef"]["fieldPath"],
-                           pod_ip=ctx.pod_ip, host_ip=ctx.host_ip)
+        return field_value(
+            ctx.pod, value_from["fieldRef"]["fieldPath"], pod_ip=ctx.pod_ip, host_ip=ctx.host_ip
+        )
     if value_from.get("resourceFieldRef"):
         return resource_value(value_from["resourceFieldRef"], container, ctx.node_allocatable)
     if value_from.get("configMapKeyRef"):
@@ -300,7 +311,8 @@ def _value_from(value_from: Obj, container: Obj, ctx: EnvContext) -> str | None:
             if optional:
                 return None
             raise ConfigError(
-                f"couldn't find key {ref['key']} in ConfigMap {ctx.namespace}/{ref['name']}")
+                f"couldn't find key {ref['key']} in ConfigMap {ctx.namespace}/{ref['name']}"
+            )
         return data[ref["key"]].decode(errors="replace")
     if value_from.get("secretKeyRef"):
         ref = value_from["secretKeyRef"]
@@ -312,7 +324,8 @@ def _value_from(value_from: Obj, container: Obj, ctx: EnvContext) -> str | None:
             if optional:
                 return None
             raise ConfigError(
-                f"couldn't find key {ref['key']} in Secret {ctx.namespace}/{ref['name']}")
+                f"couldn't find key {ref['key']} in Secret {ctx.namespace}/{ref['name']}"
+            )
         return data[ref["key"]].decode(errors="replace")
     raise ConfigError(f"unsupported valueFrom: {sorted(value_from)}")
 
@@ -345,7 +358,10 @@ def token_sources(volume: Obj) -> list[TokenSource]:
 
 
 def _keyed_files(
-    data: dict[str, bytes] | None, items: Sequence[Obj] | None, mode: int, what: str,
+    data: dict[str, bytes] | None,
+    items: Sequence[Obj] | None,
+    mode: int,
+    what: str,
     optional: bool,
 ) -> VolumeFiles:
     if data is None:
@@ -366,13 +382,19 @@ def _downward_files(items: Sequence[Obj], mode: int, ctx: EnvContext) -> VolumeF
     files: VolumeFiles = {}
     for item in items:
         if item.get("fieldRef"):
-            value = field_value(ctx.pod, item["fieldRef"]["fieldPath"],
-                                pod_ip=ctx.pod_ip, host_ip=ctx.host_ip)
+            value = field_value(
+                ctx.pod, item["fieldRef"]["fieldPath"], pod_ip=ctx.pod_ip, host_ip=ctx.host_ip
+            )
         else:
             ref = item["resourceFieldRef"]
             container: Obj = next(
-                (c for c in (ctx.pod.get("spec") or {}).get("containers") or []
-                 if c["name"] == ref.get("containerName")), {})
+                (
+                    c
+                    for c in (ctx.pod.get("spec") or {}).get("containers") or []
+                    if c["name"] == ref.get("containerName")
+                ),
+                {},
+            )
             value = resource_value(ref, container, ctx.node_allocatable)
         files[item["path"]] = (value.encode(), int(item.get("mode") or mode))
     return files
@@ -383,19 +405,28 @@ def volume_files(volume: Obj, ctx: EnvContext, tokens: Mapping[str, str]) -> Vol
     if "configMap" in volume:
         source = volume["configMap"]
         optional = bool(source.get("optional"))
-        return _keyed_files(ctx.configmap(source["name"], optional), source.get("items"),
-                            int(source.get("defaultMode") or DEFAULT_FILE_MODE), "configmap",
-                            optional)
+        return _keyed_files(
+            ctx.configmap(source["name"], optional),
+            source.get("items"),
+            int(source.get("defaultMode") or DEFAULT_FILE_MODE),
+            "configmap",
+            optional,
+        )
     if "secret" in volume:
         source = volume["secret"]
         optional = bool(source.get("optional"))
-        return _keyed_files(ctx.secret(source["secretName"], optional), source.get("items"),
-                            int(source.get("defaultMode") or DEFAULT_FILE_MODE), "secret",
-                            optional)
+        return _keyed_files(
+            ctx.secret(source["secretName"], optional),
+            source.get("items"),
+            int(source.get("defaultMode") or DEFAULT_FILE_MODE),
+            "secret",
+            optional,
+        )
     if "downwardAPI" in volume:
         source = volume["downwardAPI"]
-        return _downward_files(source.get("items") or [],
-                               int(source.get("defaultMode") or DEFAULT_FILE_MODE), ctx)
+        return _downward_files(
+            source.get("items") or [], int(source.get("defaultMode") or DEFAULT_FILE_MODE), ctx
+        )
     if "projected" in volume:
         projected = volume["projected"]
         mode = int(projected.get("defaultMode") or DEFAULT_FILE_MODE)
@@ -404,13 +435,27 @@ def volume_files(volume: Obj, ctx: EnvContext, tokens: Mapping[str, str]) -> Vol
             if source.get("configMap"):
                 ref = source["configMap"]
                 optional = bool(ref.get("optional"))
-                files.update(_keyed_files(ctx.configmap(ref["name"], optional), ref.get("items"),
-                                          mode, "configmap", optional))
+                files.update(
+                    _keyed_files(
+                        ctx.configmap(ref["name"], optional),
+                        ref.get("items"),
+                        mode,
+                        "configmap",
+                        optional,
+                    )
+                )
             elif source.get("secret"):
                 ref = source["secret"]
                 optional = bool(ref.get("optional"))
-                files.update(_keyed_files(ctx.secret(ref["name"], optional), ref.get("items"),
-                                          mode, "secret", optional))
+                files.update(
+                    _keyed_files(
+                        ctx.secret(ref["name"], optional),
+                        ref.get("items"),
+                        mode,
+                        "secret",
+                        optional,
+                    )
+                )
             elif source.get("downwardAPI"):
                 files.update(_downward_files(source["downwardAPI"].get("items") or [], mode, ctx))
             elif source.get("serviceAccountToken"):
@@ -458,14 +503,16 @@ def parse_image_map(entries: Any, base_dir: Path) -> list[ImageEnv]:
         if unknown:
             raise ValueError(f"unknown image map keys {sorted(unknown)} in {entry!r}")
         working_dir = entry.get("workingDir")
-        result.append(ImageEnv(
-            match=str(entry["match"]),
-            path_prepend=tuple(str(base_dir / str(p)) for p in entry.get("pathPrepend") or []),
-            env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
-            working_dir=str(base_dir / str(working_dir)) if working_dir else None,
-            entrypoint=tuple(str(p) for p in entry.get("entrypoint") or []),
-            cmd=tuple(str(p) for p in entry.get("cmd") or []),
-        ))
+        result.append(
+            ImageEnv(
+                match=str(entry["match"]),
+                path_prepend=tuple(str(base_dir / str(p)) for p in entry.get("pathPrepend") or []),
+                env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+                working_dir=str(base_dir / str(working_dir)) if working_dir else None,
+                entrypoint=tuple(str(p) for p in entry.get("entrypoint") or []),
+                cmd=tuple(str(p) for p in entry.get("cmd") or []),
+            )
+        )
     return result
 
 

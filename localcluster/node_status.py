@@ -113,9 +113,7 @@ def should_restart(restart_policy: str, exit_code: int) -> bool:
     return restart_policy == "OnFailure" and exit_code != 0
 
 
-def pod_phase(
-    spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], pod_is_terminal: bool
-) -> str:
+def pod_phase(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], pod_is_terminal: bool) -> str:
     """kubelet's getPhase; inits/apps are API container statuses (no sidecars here)."""
     policy = spec.get("restartPolicy") or "Always"
     pending_init = 0
@@ -181,13 +179,16 @@ def _names(names: Sequence[str]) -> str:
 
 def _has_regular_started(apps: Sequence[Obj]) -> bool:
     # kubecontainer.HasAnyRegularContainerStarted
-    return any("running" in (s.get("state") or {}) or "terminated" in (s.get("state") or {})
-               for s in apps)
+    return any(
+        "running" in (s.get("state") or {}) or "terminated" in (s.get("state") or {}) for s in apps
+    )
 
 
-def pod_conditions(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: str,
-                   existing: Sequence[Obj] = ()) -> list[Obj]:
+def pod_conditions(
+    spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: str, existing: Sequence[Obj] = ()
+) -> list[Obj]:
     """PodReadyToStartContainers, Initialized, Ready, ContainersReady, PodScheduled."""
+
     def cond(kind: str, status: bool, reason: str = "", message: str = "") -> Obj:
         value: Obj = {"type": kind, "status": "True" if status else "False"}
         if reason:
@@ -198,8 +199,9 @@ def pod_conditions(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: 
 
     # Initialized
     statuses = {s["name"]: s for s in inits}
-    unknown_init = [c["name"] for c in spec.get("initContainers") or []
-                    if c["name"] not in statuses]
+    unknown_init = [
+        c["name"] for c in spec.get("initContainers") or [] if c["name"] not in statuses
+    ]
     incomplete = [name for name, s in statuses.items() if not s.get("ready")]
     if phase == "Succeeded" and not unknown_init:
         initialized = cond("Initialized", True, "PodCompleted")
@@ -218,8 +220,11 @@ def pod_conditions(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: 
     # ContainersReady, and Ready which follows it (readiness gates are not evaluated).
     app_status = {s["name"]: s for s in apps}
     unknown = [c["name"] for c in spec.get("containers") or [] if c["name"] not in app_status]
-    unready = [c["name"] for c in spec.get("containers") or []
-               if c["name"] in app_status and not app_status[c["name"]].get("ready")]
+    unready = [
+        c["name"]
+        for c in spec.get("containers") or []
+        if c["name"] in app_status and not app_status[c["name"]].get("ready")
+    ]
     if (phase == "Succeeded" and not unknown) or phase == "Failed":
         reason = "PodCompleted" if phase == "Succeeded" else "PodFailed"
         ready = cond("ContainersReady", False, reason)
@@ -247,8 +252,11 @@ def pod_conditions(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: 
         before = previous.get(condition["type"])
         # lastTransitionTime moves only when the status flips (status manager's
         # updateLastTransitionTime).
-        if before and before.get("status") == condition["status"] and before.get(
-                "lastTransitionTime"):
+        if (
+            before
+            and before.get("status") == condition["status"]
+            and before.get("lastTransitionTime")
+        ):
             condition["lastTransitionTime"] = before["lastTransitionTime"]
         else:
             condition["lastTransitionTime"] = stamp
@@ -257,8 +265,9 @@ def pod_conditions(spec: Obj, inits: Sequence[Obj], apps: Sequence[Obj], phase: 
 
 
 def _unknown_terminated() -> Obj:
-    return {"terminated": {
-        "exitCode": 137, "reason": STATUS_UNKNOWN, "message": STATUS_UNKNOWN_MESSAGE}}
+    return {
+        "terminated": {"exitCode": 137, "reason": STATUS_UNKNOWN, "message": STATUS_UNKNOWN_MESSAGE}
+    }
 
 
 def _pod_initialized(inits: Sequence[ContainerRecord], apps: Sequence[ContainerRecord]) -> bool:
@@ -268,8 +277,9 @@ def _pod_initialized(inits: Sequence[ContainerRecord], apps: Sequence[ContainerR
     if any("terminated" in a.last_state or "waiting" not in a.state for a in apps):
         return True
     last = inits[-1]
-    return any(s.get("terminated", {}).get("exitCode", 1) == 0
-               for s in (last.last_state, last.state))
+    return any(
+        s.get("terminated", {}).get("exitCode", 1) == 0 for s in (last.last_state, last.state)
+    )
 
 
 def terminate_defaults(inits: list[ContainerRecord], apps: list[ContainerRecord]) -> None:
@@ -299,8 +309,9 @@ class PodFacts:
     evicted: tuple[str, str] | None = None
 
 
-def pod_status(pod: Obj, inits: Sequence[ContainerRecord], apps: Sequence[ContainerRecord],
-               facts: PodFacts) -> Obj:
+def pod_status(
+    pod: Obj, inits: Sequence[ContainerRecord], apps: Sequence[ContainerRecord], facts: PodFacts
+) -> Obj:
     """The status kubelet would write for this pod, as a strategic-merge-patch body."""
     spec = pod.get("spec") or {}
     old = pod.get("status") or {}
@@ -317,8 +328,9 @@ def pod_status(pod: Obj, inits: Sequence[ContainerRecord], apps: Sequence[Contai
         phase = "Failed"
         reason, message = facts.evicted
     generation = int((pod.get("metadata") or {}).get("generation") or 0)
-    conditions = pod_conditions(spec, init_statuses, app_statuses, phase,
-                                old.get("conditions") or [])
+    conditions = pod_conditions(
+        spec, init_statuses, app_statuses, phase, old.get("conditions") or []
+    )
     for condition in conditions:
         if generation:
             condition["observedGeneration"] = generation
@@ -382,5 +394,7 @@ class Backoff:
 
 def crash_loop_message(backoff: float, container: str, pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
-    return (f"back-off {go_duration(backoff)} restarting failed container={container} "
-            f"pod={meta.get('name')}_{meta.get('namespace')}({meta.get('uid')})")
+    return (
+        f"back-off {go_duration(backoff)} restarting failed container={container} "
+        f"pod={meta.get('name')}_{meta.get('namespace')}({meta.get('uid')})"
+    )

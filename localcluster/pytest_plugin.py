@@ -53,7 +53,8 @@ def new_api_client(kubeconfig: Path) -> ApiClient:
     from kubernetes import config
 
     api: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-        config_file=str(kubeconfig))
+        config_file=str(kubeconfig)
+    )
     return api
 
 
@@ -116,8 +117,9 @@ def kube_cluster(
     state_dir = tmp_path_factory.mktemp("localcluster")
     info = controlplane.up(state_dir, owner_pid=os.getpid())
     try:
-        yield KubeCluster(kubeconfig=info.kubeconfig, server=info.server,
-                          state_dir=info.state_dir, owned=True)
+        yield KubeCluster(
+            kubeconfig=info.kubeconfig, server=info.server, state_dir=info.state_dir, owned=True
+        )
     finally:
         usage = controlplane.memory(state_dir)
         controlplane.down(state_dir)
@@ -199,8 +201,11 @@ def namespace(request: pytest.FixtureRequest, kube_api: ApiClient) -> Iterator[s
 
     core = client.CoreV1Api(kube_api)
     name = namespace_name(request.node.name)
-    core.create_namespace(client.V1Namespace(
-        metadata=client.V1ObjectMeta(name=name, labels={"podtask.dev/test": "true"})))
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(name=name, labels={"podtask.dev/test": "true"})
+        )
+    )
     try:
         # The ServiceAccount admission plugin rejects pods until the serviceaccount
         # controller has made `default`, and projected token volumes need the

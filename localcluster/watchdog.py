@@ -23,8 +23,10 @@ POLL_SECONDS = 1.0
 def owner_alive(pid: int, create_time: float) -> bool:
     try:
         process = psutil.Process(pid)
-        return bool(abs(process.create_time() - create_time) < 0.5
-                    and process.status() != psutil.STATUS_ZOMBIE)
+        return bool(
+            abs(process.create_time() - create_time) < 0.5
+            and process.status() != psutil.STATUS_ZOMBIE
+        )
     except psutil.Error:
         return False
 

@@ -2,9 +2,15 @@
 executor that carries out what ``runstate.decide`` says.
 
 It is also the run API's backend: reports from pods are held per run until a
-worker has written them to the TaskRun's status; ``complete`` and ``fail`` answer
-the pod only after that write, so a runner that got 200 can exit knowing its
-outcome is durable.
+worker has written them to the TaskRun's status; ``complete``, ``fail``,
+``checkpoint`` and ``journal`` answer the pod only after that write, so a runner
+that got 200 can exit knowing its outcome (or its journal) is durable.
+
+Waits (``docs/waits.md``): ``trigger`` creates child runs under deterministic
+names, ``wait`` long-polls until children or a token are done, ``token`` and
+``complete_token`` create and complete WaitTokens.  A child that ends wakes its
+parent; a token that completes or times out (the controller keeps a timer per
+token) wakes the runs waiting for it.
 """
 
 from __future__ import annotations
@@ -22,21 +28,59 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from podtask.api.v1alpha1 import API_VERSION, Phase, TaskRunSpec, TaskRunStatus, TaskSpec
+from podtask import outputs
+from podtask.api.v1alpha1 import (
+    API_VERSION,
+    FINAL_PHASES,
+    OutputRef,
+    Phase,
+    TaskRunSpec,
+    TaskRunStatus,
+    TaskSpec,
+    WaitingFor,
+)
 from podtask.protocol import (
+    Checkpoint,
+    ChildResult,
+    CompleteToken,
     Completion,
+    CreateToken,
     Failure,
     Heartbeat,
+    JournalUpdate,
     MetadataUpdate,
     RunContext,
     RunInfo,
+    TokenInfo,
+    TriggerRequest,
+    TriggerResponse,
+    WaitRequest,
+    WaitResponse,
 )
 from podtask_operator import kube as k
+from podtask_operator import naming, waits
 from podtask_operator.kube import ApiError, Kube
 from podtask_operator.metrics import OperatorMetrics
 from podtask_operator.podspec import build_pod
-from podtask_operator.runapi import RunFinishedError, StaleAttemptError, UnknownRunError
-from podtask_operator.runstate import Decision, PodView, Reports, RunFacts, decide
+from podtask_operator.runapi import (
+    RejectedError,
+    RunFinishedError,
+    StaleAttemptError,
+    TokenCompletedError,
+    UnknownRunError,
+    UnknownTokenError,
+)
+from podtask_operator.runstate import (
+    CHECKPOINTED,
+    ChildView,
+    Decision,
+    PodView,
+    Reports,
+    RunFacts,
+    TokenView,
+    decide,
+    wait_over,
+)
 from podtask_operator.settings import Settings
 from podtask_operator.tokens import RunTokens
 from podtask_operator.workqueue import WorkQueue
@@ -47,6 +91,10 @@ RunKey = tuple[str, str]
 REPORT_WAIT_SECONDS = 60.0
 QUOTA_RETRY_SECONDS = 1.0
 ERROR_RETRY_SECONDS = 2.0
+CHILD_CREATES_AT_ONCE = 16
+BLOCKED_CHILD_SECONDS = 1.0
+"""A child Queued this long in its parent's own queue makes a polling parent checkpoint."""
+TOKEN_WRITE_ROUNDS = 5
 
 
 class Admission(Protocol):
@@ -124,6 +172,10 @@ class Controller:
         self._workers: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.primed = asyncio.Event()
+        self.wait_tokens: dict[RunKey, dict[str, Any]] = {}
+        self._token_timers: dict[RunKey, asyncio.TimerHandle] = {}
+        # Runs whose pod long-polls POST …/wait: set when a child or token changes.
+        self._pollers: dict[RunKey, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ cache
 
@@ -137,6 +189,9 @@ class Controller:
             pods = await self.kube.list(
                 f"/api/v1{prefix}/pods", labelSelector="app.kubernetes.io/managed-by=podtask"
             )
+            tokens = await self.kube.list(f"{k.GROUP_PATH}{prefix}/waittokens")
+            for item in tokens.get("items", []):
+                self.on_token("ADDED", item)
             for item in tasks.get("items", []):
                 self.on_task("ADDED", item)
             for item in pods.get("items", []):
@@ -151,10 +206,107 @@ class Controller:
             self.runs.pop(key, None)
             self.queue.forget(key)
             self.queue.add(key)  # to release its slot and drop its reports
+            self._wake_parent(key, body, ended=True)
             return
-        if _newer(self.runs.get(key), body):
+        old = self.runs.get(key)
+        if _newer(old, body):
             self.runs[key] = body
             self.queue.add(key)
+            was_ended = old is not None and _phase_final(old)
+            self._wake_parent(key, body, ended=_phase_final(body) and not was_ended)
+
+    def _wake_parent(self, key: RunKey, body: dict[str, Any], *, ended: bool) -> None:
+        parent = (body.get("spec") or {}).get("parentRun")
+        if not parent:
+            return
+        parent_key = (key[0], str(parent))
+        poller = self._pollers.get(parent_key)
+        if poller is not None:
+            poller.set()  # a long poll re-checks on any change of a child
+        if ended:
+            # Whatever phase the cache shows: the parent may be writing Waiting right now.
+            self.queue.add(parent_key)
+
+    def on_token(self, event: str | None, body: dict[str, Any]) -> None:
+        """A WaitToken changed: keep its timeout timer and wake the runs waiting on it."""
+        key = _key(body)
+        timer = self._token_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if event == "DELETED":
+            self.wait_tokens.pop(key, None)
+        elif _newer(self.wait_tokens.get(key), body):
+            self.wait_tokens[key] = body
+            if waits.with_expiry(body) is not None:
+                self._spawn(self._write_token(key, waits.with_expiry))
+            view = waits.token_view(body)
+            if view is not None and not view.completed and view.expires_at is not None:
+                delay = (view.expires_at - datetime.now(UTC)).total_seconds()
+                self._token_timers[key] = asyncio.get_running_loop().call_later(
+                    max(delay, 0.0), lambda: self._spawn(self._expire_token(key))
+                )
+        else:
+            return
+        for event_ in self._pollers.values():
+            event_.set()
+        namespace, name = key
+        for run_key, run in self.runs.items():
+            pending = self.reports.get(run_key)
+            pending_token = (
+                pending.checkpoint.waiting_for.token
+                if pending is not None and pending.checkpoint is not None
+                else None
+            )
+            if run_key[0] == namespace and name in (waits.waited_token(run), pending_token):
+                self.queue.add(run_key)
+
+    async def _expire_token(self, key: RunKey) -> None:
+        now = datetime.now(UTC)
+
+        def expire(token: dict[str, Any]) -> dict[str, Any] | None:
+            view = waits.token_view(token)
+            if view is None or view.completed or view.expires_at is None:
+                return None
+            return waits.timed_out_token(token, now) if view.expires_at <= now else None
+
+        await self._write_token(key, expire)
+
+    async def _write_token(
+        self, key: RunKey, change: Any, *, missing: Exception | None = None
+    ) -> dict[str, Any] | None:
+        """Write ``change(token)`` to the token's status, guarded by its resourceVersion;
+        a conflict reads the token again and asks ``change`` again.  None: nothing to do."""
+        namespace, name = key
+        token = self.wait_tokens.get(key)
+        for _ in range(TOKEN_WRITE_ROUNDS):
+            if token is None:
+                try:
+                    token = await self.kube.request("GET", waits.tokens_path(namespace, name))
+                except ApiError as error:
+                    if error.status == 404 and missing is not None:
+                        raise missing from None
+                    if error.status == 404:
+                        return None
+                    raise
+            updated = change(token)
+            if updated is None:
+                return None
+            try:
+                written = await self.kube.request(
+                    "PUT", waits.tokens_path(namespace, name, "status"), updated
+                )
+            except ApiError as error:
+                if error.status == 404 and missing is not None:
+                    raise missing from None
+                if error.status not in (404, 409):
+                    raise
+                if error.status == 404:
+                    return None
+                token = None  # changed meanwhile: read it again
+                continue
+            self.on_token("MODIFIED", written)
+            return written
+        raise ApiError(409, f"wait token {namespace}/{name} kept changing")
 
     def on_task(self, event: str | None, body: dict[str, Any]) -> None:
         key = _key(body)
@@ -187,6 +339,8 @@ class Controller:
             self._workers.append(asyncio.create_task(self._work()))
 
     async def stop(self) -> None:
+        for timer in self._token_timers.values():
+            timer.cancel()
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:
@@ -234,7 +388,10 @@ class Controller:
             failure=reports.failure,
             metadata=reports.metadata,
             last_heartbeat=reports.last_heartbeat,
+            checkpoint=reports.checkpoint,
+            journal=reports.journal,
         )
+        children, tokens = self._wait_facts(key[0], run, seen)
         facts = RunFacts(
             run=run,
             task=self._task_spec(key[0], run),
@@ -242,6 +399,8 @@ class Controller:
             reports=seen,
             now=datetime.now(UTC),
             operator_started=self.started_at,
+            children=children,
+            tokens=tokens,
         )
         decision = decide(facts, self.settings, self.rng)
         if (
@@ -258,12 +417,37 @@ class Controller:
             decision = decide(facts, self.settings, self.rng)
         await self._execute(key, run, decision)
         # Forget exactly the reports this decision saw; newer ones stay for the next.
-        for name in ("started", "completion", "failure", "metadata"):
+        for name in ("started", "completion", "failure", "metadata", "checkpoint", "journal"):
             if getattr(reports, name) is getattr(seen, name):
                 setattr(reports, name, None)
-        self._resolve_waiters(key, {id(seen.completion), id(seen.failure)})
+        written = (seen.completion, seen.failure, seen.checkpoint, seen.journal)
+        self._resolve_waiters(key, {id(report) for report in written if report is not None})
         if not decision.holds_slot and not decision.wants_slot:
             await self.admission.release(key, run)
+
+    def _wait_facts(
+        self, namespace: str, run: dict[str, Any], reports: Reports
+    ) -> tuple[dict[str, ChildView | None], dict[str, TokenView | None]]:
+        """The children and token a run waits on, or the children a canceled run must
+        cancel, from the cache."""
+        status = run.get("status") or {}
+        if (run.get("spec") or {}).get("cancel") and not _phase_final(run):
+            # Rare enough for a scan: every child, waited on or triggered and forgotten.
+            name = run["metadata"]["name"]
+            return {
+                key[1]: waits.child_view(child)
+                for key, child in self.runs.items()
+                if key[0] == namespace and (child.get("spec") or {}).get("parentRun") == name
+            }, {}
+        checkpoint = reports.checkpoint
+        if status.get("phase") != Phase.WAITING.value and checkpoint is None:
+            return {}, {}
+        waiting = [waits.waiting_for_of(run)] + ([checkpoint.waiting_for] if checkpoint else [])
+        names = [n for w in waiting if w is not None for n in w.runs]
+        token_names = [w.token for w in waiting if w is not None and w.token]
+        children = {n: waits.child_view(self.runs.get((namespace, n))) for n in names}
+        tokens = {t: waits.token_view(self.wait_tokens.get((namespace, t))) for t in token_names}
+        return children, tokens
 
     def _task_spec(self, namespace: str, run: dict[str, Any]) -> TaskSpec | None:
         body = self.tasks.get((namespace, run.get("spec", {}).get("task", "")))
@@ -308,6 +492,9 @@ class Controller:
             self._note_transition(run, updated, decision)
             if _newer(self.runs.get(key), updated):
                 self.runs[key] = updated
+            # The watch event of this write will find the cache already updated: wake
+            # a waiting parent now.
+            self._wake_parent(key, updated, ended=_phase_final(updated) and not _phase_final(run))
             run = updated
         if decision.create_pod is not None and not await self._create_pod(key, run, decision):
             return
@@ -317,7 +504,21 @@ class Controller:
             if pod is not None and PodView.from_pod(pod).terminal:
                 grace = 0
             await self.kube.delete(k.pods_path(namespace, pod_name), grace_seconds=grace)
+            if grace == 0:
+                # Gone at once; until its DELETED event arrives, a reconcile must not
+                # see it and delete it again (one wasted API write per run).
+                self.pods[key].pop(pod_name, None)
+        for child in decision.cancel_runs:
+            try:
+                await self.kube.merge_patch(
+                    k.runs_path(namespace, child), {"spec": {"cancel": True}}
+                )
+            except ApiError as error:
+                if error.status != 404:
+                    raise
         for event in decision.events:
+            if event.type == "Normal" and not self.settings.phase_events:
+                continue
             self._spawn(self._post_event(run, event.type, event.reason, event.message))
         if decision.delete_run:
             await self.kube.delete(k.runs_path(namespace, name))
@@ -357,7 +558,7 @@ class Controller:
         self.on_pod("ADDED", created)
         # A new attempt starts silent: the last attempt's heartbeats say nothing about it.
         self.reports[key].last_heartbeat = None
-        if plan.attempt == 1 and "-r" not in plan.name[len(name) :]:
+        if plan.attempt == 1 and plan.name == naming.pod_name(name, 1):
             created_at = run["metadata"].get("creationTimestamp")
             if created_at:
                 started = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
@@ -480,6 +681,7 @@ class Controller:
         self.reports[key].started = attempt
         self.reports[key].last_heartbeat = datetime.now(UTC)
         self.queue.add(key)
+        journal = status.journal if status.journal and status.journal.attempt == attempt else None
         return RunContext(
             run=RunInfo(
                 namespace=namespace,
@@ -500,6 +702,9 @@ class Controller:
             payload=payload,
             metadata=status.metadata or {},
             heartbeat_interval_seconds=self.settings.heartbeat_interval,
+            journal=journal.entries if journal else [],
+            resumed=any(a.number == attempt and a.reason == CHECKPOINTED for a in status.attempts),
+            wait_checkpoint_seconds=self.settings.wait_checkpoint_threshold,
         )
 
     async def _read_payload(self, namespace: str, spec: TaskRunSpec) -> Any:
@@ -542,3 +747,156 @@ class Controller:
         self.waiters[key].append((report, future))
         self.queue.add(key)
         await asyncio.wait_for(future, REPORT_WAIT_SECONDS)
+
+    # ------------------------------------------------------------------ waits and children
+
+    async def trigger(self, namespace: str, name: str, body: TriggerRequest) -> TriggerResponse:
+        run = self._in_flight(namespace, name, body.attempt)
+        names = [
+            naming.child_run_name(name, body.attempt, body.position, index)
+            for index in range(len(body.runs))
+        ]
+        limit = asyncio.Semaphore(CHILD_CREATES_AT_ONCE)
+
+        async def create(child_name: str, manifest: dict[str, Any]) -> None:
+            async with limit:
+                try:
+                    created = await self.kube.create(k.runs_path(namespace), manifest)
+                except ApiError as error:
+                    self.metrics.api_errors.labels("create", str(error.status)).inc()
+                    if error.status in (400, 422):
+                        raise RejectedError(f"child run {child_name}: {error}") from None
+                    if error.status != 409:
+                        raise
+                    # Created before (a replay, a resent request): the same child.
+                    created = await self.kube.request("GET", k.runs_path(namespace, child_name))
+                    if (created.get("spec") or {}).get("parentRun") != name:
+                        raise RejectedError(
+                            f"a run named {child_name} exists and is not a child of {name}"
+                        ) from None
+                self.on_run("ADDED", created)
+
+        manifests = [
+            waits.child_body(run, child_name, child)
+            for child_name, child in zip(names, body.runs, strict=True)
+        ]
+        await asyncio.gather(*(create(n, m) for n, m in zip(names, manifests, strict=True)))
+        return TriggerResponse(runs=names)
+
+    async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
+        self._in_flight(namespace, name, body.attempt)
+        key = (namespace, name)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + body.block_seconds
+        event = self._pollers[key] = asyncio.Event()
+        try:
+            while True:
+                event.clear()  # before looking: a change while we look wakes the next wait
+                run = self._in_flight(namespace, name, body.attempt)
+                over, ends_in, blocked = self._wait_state(namespace, run, body.waiting_for)
+                if over:
+                    return await self._wait_results(namespace, body.waiting_for)
+                left = deadline - loop.time()
+                if blocked or left <= 0:
+                    return WaitResponse(resolved=False, checkpoint_now=blocked)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, ends_in or left))
+        finally:
+            if self._pollers.get(key) is event:
+                del self._pollers[key]
+
+    def _wait_state(
+        self, namespace: str, run: dict[str, Any], waiting_for: WaitingFor
+    ) -> tuple[bool, float | None, bool]:
+        """(over, seconds until it may end by itself or a blocked child counts as
+        blocked, whether a child is blocked behind this run's own slot)."""
+        now = datetime.now(UTC)
+        found = {n: self.runs.get((namespace, n)) for n in waiting_for.runs}
+        children = {n: waits.child_view(child) for n, child in found.items()}
+        token = waiting_for.token or ""
+        tokens = {token: waits.token_view(self.wait_tokens.get((namespace, token)))}
+        over, ends_in = wait_over(waiting_for, children, tokens, now)
+        queue = (run.get("status") or {}).get("queue")
+        blocked = not over and any(
+            waits.blocked_behind_parent(queue, child, now, BLOCKED_CHILD_SECONDS)
+            for child in found.values()
+        )
+        queued_here = (
+            not over
+            and not blocked
+            and any(waits.blocked_behind_parent(queue, child, now, 0.0) for child in found.values())
+        )
+        if queued_here:  # look again when such a child would count as blocked
+            ends_in = min(ends_in or BLOCKED_CHILD_SECONDS, BLOCKED_CHILD_SECONDS)
+        return over, ends_in, blocked
+
+    async def _wait_results(self, namespace: str, waiting_for: WaitingFor) -> WaitResponse:
+        if waiting_for.kind == "Duration":
+            return WaitResponse(resolved=True)
+        if waiting_for.kind == "Token":
+            token = waiting_for.token or ""
+            found = self.wait_tokens.get((namespace, token))
+            result = waits.token_result(token, found, datetime.now(UTC))
+            return WaitResponse(resolved=True, token=result)
+        results: list[ChildResult] = []
+        for child in waiting_for.runs:
+            run = self.runs.get((namespace, child))
+            output = None
+            ref = ((run or {}).get("status") or {}).get("outputRef")
+            if run is not None and ref and (run.get("status") or {}).get("phase") == "Completed":
+                output = await self._read_output(namespace, OutputRef.model_validate(ref))
+            results.append(waits.child_result(child, run, output))
+        return WaitResponse(resolved=True, runs=results)
+
+    async def _read_output(self, namespace: str, ref: OutputRef) -> Any:
+        chunks = []
+        for secret in ref.names:
+            body = await self.kube.request("GET", k.secrets_path(namespace, secret))
+            chunks.append(base64.b64decode(body.get("data", {}).get(outputs.CHUNK_KEY, "")))
+        return outputs.assemble(chunks, ref.size, ref.sha256)
+
+    async def checkpoint(self, namespace: str, name: str, body: Checkpoint) -> None:
+        self._in_flight(namespace, name, body.attempt)
+        key = (namespace, name)
+        self.reports[key].checkpoint = body
+        await self._until_written(key, body)
+
+    async def journal(self, namespace: str, name: str, body: JournalUpdate) -> None:
+        self._in_flight(namespace, name, body.attempt)
+        key = (namespace, name)
+        self.reports[key].journal = body
+        await self._until_written(key, body)
+
+    async def create_token(self, namespace: str, name: str, body: CreateToken) -> TokenInfo:
+        run = self._in_flight(namespace, name, body.attempt)
+        token_name = naming.run_token_name(name, body.attempt, body.position)
+        manifest = waits.token_body(run, token_name, body.timeout, body.tags)
+        try:
+            created = await self.kube.create(waits.tokens_path(namespace), manifest)
+        except ApiError as error:
+            self.metrics.api_errors.labels("create", str(error.status)).inc()
+            if error.status in (400, 422):
+                raise RejectedError(f"wait token {token_name}: {error}") from None
+            if error.status != 409:
+                raise
+            created = await self.kube.request("GET", waits.tokens_path(namespace, token_name))
+        self.on_token("ADDED", created)
+        return TokenInfo(name=token_name, expires_at=waits.token_expiry(created))
+
+    async def complete_token(self, namespace: str, name: str, body: CompleteToken) -> None:
+        self._in_flight(namespace, name, body.attempt)
+        now = datetime.now(UTC)
+
+        def complete(token: dict[str, Any]) -> dict[str, Any] | None:
+            status = token.get("status") or {}
+            if status.get("completed"):
+                how = "timed out" if status.get("timedOut") else "was completed"
+                raise TokenCompletedError(f"wait token {body.token} {how} already")
+            return waits.completed_token(token, body.output, now)
+
+        missing = UnknownTokenError(f"no wait token {body.token!r} in namespace {namespace!r}")
+        await self._write_token((namespace, body.token), complete, missing=missing)
+
+
+def _phase_final(run: dict[str, Any]) -> bool:
+    return (run.get("status") or {}).get("phase") in FINAL_PHASES

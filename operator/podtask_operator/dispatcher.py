@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from podtask.api.base import Condition
 from podtask.api.v1alpha1 import API_VERSION, Phase, QueueSpec, QueueStatus
 from podtask_operator import kube as k
 from podtask_operator.kube import ApiError, Kube
@@ -78,6 +79,8 @@ class Dispatcher:
         self.uids: dict[RunKey, str] = {}
         self.ensured: dict[QueueId, tuple[Any, ...]] = {}
         self.written: dict[QueueId, dict[str, Any]] = {}
+        # Queues whose current spec cannot be used, and why (their status says so).
+        self.invalid: dict[QueueId, str] = {}
         # Per queue: two workers must not pick the same free slot at once.
         self._locks: dict[QueueId, asyncio.Lock] = {}
 
@@ -85,7 +88,11 @@ class Dispatcher:
 
     def _limits(self, qid: QueueId) -> Limits:
         spec = self.specs.get(qid)
-        return Limits.from_spec(spec) if spec else Limits(self.settings.default_queue_limit)
+        if spec is not None:
+            return Limits.from_spec(spec)
+        if qid in self.invalid:
+            return Limits(0)  # never had a usable spec: admit nothing until it is fixed
+        return Limits(self.settings.default_queue_limit)
 
     def state(self, qid: QueueId) -> QueueState:
         state = self.states.get(qid)
@@ -97,12 +104,22 @@ class Dispatcher:
         qid = (body["metadata"]["namespace"], body["metadata"]["name"])
         if event == "DELETED":
             self.specs.pop(qid, None)
+            self.invalid.pop(qid, None)
         else:
             try:
-                self.specs[qid] = QueueSpec.model_validate(body.get("spec") or {})
-            except ValidationError:
-                log.warning("queue %s/%s has an invalid spec; keeping the last good one", *qid)
-                return
+                spec = QueueSpec.model_validate(body.get("spec") or {})
+                Limits.from_spec(spec)  # its quantities and period must be usable too
+            except (ValidationError, ValueError, ArithmeticError) as error:
+                # Never raise here: this also runs at start-up, for every listed Queue.
+                log.warning("queue %s/%s has an invalid spec: %s", *qid, error)
+                self.invalid[qid] = _spec_problem(error) + (
+                    "; the last valid spec stays in force"
+                    if qid in self.specs
+                    else "; no run of this queue starts until it is fixed"
+                )
+            else:
+                self.specs[qid] = spec
+                self.invalid.pop(qid, None)
         state = self.state(qid)
         state.limits = self._limits(qid)
         self.ensured.pop(qid, None)  # the quota follows the new limit on next admission
@@ -246,7 +263,12 @@ class Dispatcher:
             except ApiError as error:
                 if error.status != 409:
                     raise
-            existing = await self.kube.request("GET", f"{path}/{name}")
+            try:
+                existing = await self.kube.request("GET", f"{path}/{name}")
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+                continue  # its holder let go in between: try to create it again
             holder = existing.get("spec", {}).get("holderIdentity")
             if holder == meta["uid"]:
                 return True  # ours, taken before a restart
@@ -342,9 +364,21 @@ class Dispatcher:
 
     async def write_statuses(self) -> None:
         """Queue status (running, queued) for Queue objects, written only on change."""
-        for qid in list(self.specs):
+        for qid in list({*self.specs, *self.invalid}):
             state = self.state(qid)
-            status = QueueStatus(running=len(state.holders), queued=len(state.waiting)).to_wire()
+            problem = self.invalid.get(qid)
+            conditions = (
+                [
+                    Condition(
+                        type="Ready", status="False", reason="InvalidSpec", message=problem[:1024]
+                    )
+                ]
+                if problem
+                else []
+            )
+            status = QueueStatus(
+                running=len(state.holders), queued=len(state.waiting), conditions=conditions
+            ).to_wire()
             if self.written.get(qid) == status:
                 continue
             try:
@@ -359,4 +393,15 @@ class Dispatcher:
     async def status_loop(self) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
-            await self.write_statuses()
+            try:
+                await self.write_statuses()
+            except Exception:  # the loop must outlive an API outage or a bad queue
+                log.exception("writing queue statuses failed")
+
+
+def _spec_problem(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+    return f"spec: {error}"

@@ -119,6 +119,11 @@ async def queue_event(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     memo.dispatcher.on_queue(type, _plain(body))
 
 
+@kopf.on.event(GROUP, VERSION, "waittokens")
+async def waittoken_event(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
+    memo.controller.on_token(type, _plain(body))
+
+
 @kopf.on.event("", "v1", "pods", labels=POD_LABELS)
 async def pod_event(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     memo.controller.on_pod(type, _plain(body))

@@ -59,3 +59,25 @@ def default_queue(task: str) -> str:
 def output_secret(run: str, index: int) -> str:
     suffix = f"-output-{index}"
     return fit(run, MAX_NAME - len(suffix)) + suffix
+
+
+def resumed_pod_name(run: str, attempt: int, segment: int) -> str:
+    """``<run>-<attempt>-w<k>``: the pod that resumes an attempt after its k-th pod
+    (counting from 0) checkpointed; a fresh name, so the old pod is never mistaken
+    for the new one."""
+    suffix = f"-{attempt}-w{segment}"
+    return fit(run, MAX_NAME - len(suffix)) + suffix
+
+
+def child_run_name(parent: str, attempt: int, position: int, index: int) -> str:
+    """``<parent>-a<attempt>p<position>-<index>``: the index-th child run created at
+    ``position`` of the parent's journal in ``attempt``.  A replay or a resent trigger
+    meets the same name (409) instead of creating a twin."""
+    suffix = f"-a{attempt}p{position}-{index}"
+    return fit(parent, MAX_NAME - len(suffix)) + suffix
+
+
+def run_token_name(run: str, attempt: int, position: int) -> str:
+    """``<run>-a<attempt>p<position>-token``: the WaitToken a run creates at ``position``."""
+    suffix = f"-a{attempt}p{position}-token"
+    return fit(run, MAX_NAME - len(suffix)) + suffix

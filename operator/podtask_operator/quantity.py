@@ -32,8 +32,11 @@ def parse_quantity(value: int | float | str) -> Decimal:
     if match is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity")
     number, suffix = match.groups()
-    if suffix[:1] in ("e", "E"):
-        return Decimal(number) * Decimal(10) ** int(suffix[1:])
-    if suffix not in _SUFFIX:
-        raise ValueError(f"{value!r} has an unknown suffix {suffix!r}")
-    return Decimal(number) * _SUFFIX[suffix]
+    if suffix in _SUFFIX:  # first: "E" and "Ei" are suffixes, not exponents
+        return Decimal(number) * _SUFFIX[suffix]
+    if suffix[:1] in ("e", "E") and suffix[1:].lstrip("+-").isdigit():
+        try:
+            return Decimal(number) * Decimal(10) ** int(suffix[1:])
+        except ArithmeticError:  # decimal.Overflow: "1e999999999"
+            raise ValueError(f"{value!r} is out of range") from None
+    raise ValueError(f"{value!r} has an unknown suffix {suffix!r}")

@@ -24,8 +24,10 @@ Every request is handled in this order, and the first check that fails answers:
    **422**, naming the field(s).
 5. **Backend.**  :class:`UnknownRunError` → **404** (the run went away after its token
    verified: only a caller that proved it holds that run's token learns this),
-   :class:`StaleAttemptError` / :class:`RunFinishedError` → **409**, any other exception
-   → 500 (logged).
+   :class:`StaleAttemptError` / :class:`RunFinishedError` → **409**,
+   :class:`UnknownTokenError` → **404**, :class:`TokenCompletedError` → **409**,
+   :class:`RejectedError` (the API server refused a child run or token) → **422**, any
+   other exception → 500 (logged).
 
 Consequently a runner sees 404 only for a run deleted while it was talking to it, and
 403 both for a token of another run and for a run the operator does not (or does not
@@ -56,7 +58,22 @@ from pydantic import BaseModel, ValidationError
 
 from podtask import protocol
 from podtask.api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
-from podtask.protocol import Completion, Failure, Heartbeat, MetadataUpdate, RunContext
+from podtask.protocol import (
+    Checkpoint,
+    CompleteToken,
+    Completion,
+    CreateToken,
+    Failure,
+    Heartbeat,
+    JournalUpdate,
+    MetadataUpdate,
+    RunContext,
+    TokenInfo,
+    TriggerRequest,
+    TriggerResponse,
+    WaitRequest,
+    WaitResponse,
+)
 
 from .tokens import RunTokens, is_well_formed
 
@@ -71,14 +88,19 @@ __all__ = [
     "ERROR_NOT_FOUND",
     "ERROR_RUN_FINISHED",
     "ERROR_STALE_ATTEMPT",
+    "ERROR_TOKEN_COMPLETED",
     "ERROR_UNAUTHORIZED",
     "ERROR_UNKNOWN_RUN",
+    "ERROR_UNKNOWN_TOKEN",
+    "RejectedError",
     "RunApiError",
     "RunApiMetrics",
     "RunBackend",
     "RunFinishedError",
     "StaleAttemptError",
+    "TokenCompletedError",
     "UnknownRunError",
+    "UnknownTokenError",
     "bound_port",
     "create_app",
     "start_run_api",
@@ -95,6 +117,8 @@ ERROR_RUN_FINISHED: Final = "RunFinished"
 ERROR_BODY_TOO_LARGE: Final = "BodyTooLarge"
 ERROR_INVALID_REQUEST: Final = "InvalidRequest"
 ERROR_INTERNAL: Final = "InternalError"
+ERROR_UNKNOWN_TOKEN: Final = "UnknownToken"
+ERROR_TOKEN_COMPLETED: Final = "TokenCompleted"
 
 ROUTE_UNMATCHED: Final = "unmatched"
 """Metrics ``route`` label of requests no route matched (404/405)."""
@@ -141,6 +165,27 @@ class RunFinishedError(RunApiError):
     error_type = ERROR_RUN_FINISHED
 
 
+class UnknownTokenError(RunApiError):
+    """No WaitToken of that name in the run's namespace: 404."""
+
+    status = 404
+    error_type = ERROR_UNKNOWN_TOKEN
+
+
+class TokenCompletedError(RunApiError):
+    """The WaitToken was completed (or timed out) before: 409."""
+
+    status = 409
+    error_type = ERROR_TOKEN_COMPLETED
+
+
+class RejectedError(RunApiError):
+    """The API server refused an object made for the request (a child run, a token): 422."""
+
+    status = 422
+    error_type = ERROR_INVALID_REQUEST
+
+
 class RunBackend(Protocol):
     """What the run API needs from the operator core.
 
@@ -173,6 +218,30 @@ class RunBackend(Protocol):
 
     async def fail(self, namespace: str, name: str, body: Failure) -> None:
         """The attempt failed; ``body.retry`` carries the task's retry decision."""
+        ...
+
+    async def trigger(self, namespace: str, name: str, body: TriggerRequest) -> TriggerResponse:
+        """Create the child runs of one journal position (idempotently)."""
+        ...
+
+    async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
+        """Whether a wait is over (with its results), waiting up to ``block_seconds``."""
+        ...
+
+    async def checkpoint(self, namespace: str, name: str, body: Checkpoint) -> None:
+        """The attempt stops at a wait; answer once Waiting and the journal are written."""
+        ...
+
+    async def journal(self, namespace: str, name: str, body: JournalUpdate) -> None:
+        """Make the journal durable; answer once written."""
+        ...
+
+    async def create_token(self, namespace: str, name: str, body: CreateToken) -> TokenInfo:
+        """Create (idempotently) the WaitToken of one journal position."""
+        ...
+
+    async def complete_token(self, namespace: str, name: str, body: CompleteToken) -> None:
+        """Complete a WaitToken of the run's namespace."""
         ...
 
 
@@ -232,6 +301,14 @@ def _error_response(
 
 def _ok_response() -> web.Response:
     return web.json_response(protocol.ok())
+
+
+def _model_response(model: BaseModel) -> web.Response:
+    # exclude_none drops unset optional fields only; nulls inside outputs stay.
+    return web.Response(
+        text=model.model_dump_json(by_alias=True, exclude_none=True),
+        content_type="application/json",
+    )
 
 
 # aiohttp's own HTTP errors (router 404/405, read() over client_max_size) re-dressed
@@ -402,6 +479,45 @@ async def _fail(request: web.Request) -> web.StreamResponse:
     return _ok_response()
 
 
+async def _trigger(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, TriggerRequest)
+    return _model_response(await request.app[_BACKEND].trigger(namespace, name, body))
+
+
+async def _wait(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, WaitRequest)
+    return _model_response(await request.app[_BACKEND].wait(namespace, name, body))
+
+
+async def _checkpoint(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, Checkpoint)
+    await request.app[_BACKEND].checkpoint(namespace, name, body)
+    return _ok_response()
+
+
+async def _journal(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, JournalUpdate)
+    await request.app[_BACKEND].journal(namespace, name, body)
+    return _ok_response()
+
+
+async def _token(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, CreateToken)
+    return _model_response(await request.app[_BACKEND].create_token(namespace, name, body))
+
+
+async def _complete_token(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    body = await _read_body(request, CompleteToken)
+    await request.app[_BACKEND].complete_token(namespace, name, body)
+    return _ok_response()
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return _ok_response()
 
@@ -415,6 +531,12 @@ _RUN_ROUTES: Final[tuple[tuple[str, str, _Handler], ...]] = (
     (hdrs.METH_POST, "metadata", _metadata),
     (hdrs.METH_POST, "complete", _complete),
     (hdrs.METH_POST, "fail", _fail),
+    (hdrs.METH_POST, "trigger", _trigger),
+    (hdrs.METH_POST, "wait", _wait),
+    (hdrs.METH_POST, "checkpoint", _checkpoint),
+    (hdrs.METH_POST, "journal", _journal),
+    (hdrs.METH_POST, "token", _token),
+    (hdrs.METH_POST, "complete_token", _complete_token),
 )
 
 

@@ -10,7 +10,9 @@ cluster, and after an operator restart the same inputs give the same decision
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,15 +23,18 @@ from podtask import outputs
 from podtask.api.base import Condition
 from podtask.api.durations import format_duration, parse_duration
 from podtask.api.v1alpha1 import (
+    FINAL_PHASES,
     Attempt,
+    Journal,
     OutputRef,
     Phase,
     RunError,
     TaskRunSpec,
     TaskRunStatus,
     TaskSpec,
+    WaitingFor,
 )
-from podtask.protocol import EXIT_CANCELED, Completion, Failure
+from podtask.protocol import EXIT_CANCELED, Checkpoint, Completion, Failure, JournalUpdate
 from podtask_operator import backoff, naming
 from podtask_operator.settings import Settings
 
@@ -44,10 +49,17 @@ OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
 INFRA_RETRIES_EXHAUSTED = "INFRASTRUCTURE_RETRIES_EXHAUSTED"
 NO_OUTCOME_REPORTED = "NO_OUTCOME_REPORTED"
 
+CHECKPOINTED = "Checkpointed"
+"""``Attempt.reason`` of a pod that checkpointed: the attempt goes on in a new pod."""
+
 # A pod may outlive maxDuration by this much before the operator stops it itself
 # (the node enforces activeDeadlineSeconds first; this covers a node that doesn't).
 DEADLINE_SLACK = 30.0
 DELETING_RECHECK = 5.0
+CHECKPOINT_EXIT_GRACE = 30.0
+"""A pod that checkpointed exits by itself within moments; after this long it is deleted."""
+WAITING_RECHECK = 300.0
+"""Children and tokens wake a waiting run when they change; this is only a safety net."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,77 @@ class Reports:
     failure: Failure | None = None
     metadata: dict[str, Any] | None = None
     last_heartbeat: datetime | None = None
+    checkpoint: Checkpoint | None = None
+    journal: JournalUpdate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChildView:
+    """What a waiting parent needs to know of one child run."""
+
+    phase: str | None
+    queue: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """What a waiting run needs to know of one WaitToken."""
+
+    completed: bool
+    timed_out: bool = False
+    expires_at: datetime | None = None
+
+
+def wait_over(
+    waiting_for: WaitingFor | None,
+    children: Mapping[str, ChildView | None],
+    tokens: Mapping[str, TokenView | None],
+    now: datetime,
+) -> tuple[bool, float | None]:
+    """Whether a wait is over, and if not, in how many seconds it ends by itself.
+
+    A child run or token that no longer exists ends the wait too (its result then
+    says so): waiting on something deleted would wait forever.  A token past its
+    ``expiresAt`` ends the wait even before the operator marks it timed out.
+    """
+    if waiting_for is None:
+        return True, None
+    if waiting_for.kind == "Duration":
+        until = _aware(waiting_for.until)
+        if until is None or until <= now:
+            return True, None
+        return False, (until - now).total_seconds()
+    if waiting_for.kind == "Token":
+        token = tokens.get(waiting_for.token or "")
+        if token is None or token.completed:
+            return True, None
+        expires = _aware(token.expires_at)
+        if expires is None:
+            return False, None
+        if expires <= now:
+            return True, None
+        return False, (expires - now).total_seconds()
+    pending = [n for n in waiting_for.runs if (child := children.get(n)) and not child.final]
+    return not pending, None
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # A zone-less date-time (the CRD's format admits one) is UTC, as in Go.
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
+def describe_wait(waiting_for: WaitingFor) -> str:
+    if waiting_for.kind == "Duration":
+        return f"a timed wait until {waiting_for.until.isoformat() if waiting_for.until else '?'}"
+    if waiting_for.kind == "Token":
+        return f"wait token {waiting_for.token}"
+    if len(waiting_for.runs) == 1:
+        return f"child run {waiting_for.runs[0]}"
+    return f"{len(waiting_for.runs)} child runs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +222,8 @@ class Decision:
     output_chunks: list[tuple[str, bytes]] = field(default_factory=list)
     """Secrets to write (name, bytes) before the status that names them."""
     events: list[Event] = field(default_factory=list)
+    cancel_runs: list[str] = field(default_factory=list)
+    """Child runs to cancel (set ``spec.cancel``): the run was canceled."""
     requeue_after: float | None = None
     delete_run: bool = False
     wants_slot: bool = False
@@ -167,6 +252,11 @@ class RunFacts:
     slot_granted: bool = False
     operator_started: datetime | None = None
     default_queue: str | None = None
+    children: dict[str, ChildView | None] = field(default_factory=dict)
+    """For a Waiting run, the child runs ``waitingFor`` names (None: it does not
+    exist); for a canceled one, every run whose ``parentRun`` it is."""
+    tokens: dict[str, TokenView | None] = field(default_factory=dict)
+    """The WaitToken ``waitingFor`` names (None: it does not exist)."""
 
 
 def _time(value: Any) -> datetime | None:
@@ -294,8 +384,7 @@ def decide(facts: RunFacts, settings: Settings, rng: random.Random | None = None
     elif phase in (Phase.DEQUEUED, Phase.EXECUTING):
         _in_flight(run)
     else:
-        # Waiting is resumed by the waits machinery; look again now and then.
-        run.decision.wake_in(30)
+        _waiting(run)
     if run.status.phase is not None and run.status.phase.is_final and phase != run.status.phase:
         _finished(run)
     run.decision.status_patch = run.patch()
@@ -330,6 +419,11 @@ def _invalid(run: _Run) -> None:
 def _cancel(run: _Run) -> None:
     run.end_attempt(reason="Canceled")
     run.set_phase(Phase.CANCELED, "canceled by spec.cancel")
+    # As in Trigger.dev, canceling a run cancels its children still in progress (for a
+    # canceled run, the controller gathers every run whose parentRun it is).
+    run.decision.cancel_runs = [
+        name for name, child in run.facts.children.items() if child is not None and not child.final
+    ]
 
 
 def _admit_to_queue(run: _Run) -> None:
@@ -392,25 +486,71 @@ def _start_attempt(run: _Run) -> None:
     status = run.status
     assert run.spec is not None and status.task_snapshot is not None
     last = status.attempts[-1] if status.attempts else None
-    if last is not None and not last.counted:
+    if last is not None and last.reason == CHECKPOINTED:
+        number = last.number  # the attempt goes on after its wait, in a new pod
+        segment = sum(1 for a in status.attempts if a.number == number)
+        pod = naming.resumed_pod_name(run.name, number, segment)
+    elif last is not None and not last.counted:
         number = last.number  # an infrastructure failure re-runs the same attempt
         reruns = sum(1 for a in status.attempts if a.number == number)
+        pod = naming.pod_name(run.name, number, reruns)
     else:
-        number, reruns = (status.attempt or 0) + 1, 0
-    pod = naming.pod_name(run.name, number, reruns)
+        number = (status.attempt or 0) + 1
+        pod = naming.pod_name(run.name, number)
+        status.journal = None  # a new attempt starts the function afresh
     machine = status.machine or status.task_snapshot.machine
     status.attempt = number
     status.next_attempt_at = None
-    status.attempts.append(Attempt(number=number, pod=pod, machine=machine))
+    attempt = Attempt(number=number, pod=pod, machine=machine)
+    status.attempts.append(attempt)
+    max_duration = _remaining_max_duration(run, number)
+    if max_duration is not None and max_duration <= 0:
+        # Earlier pods of this attempt used up its compute time (waits excluded).
+        run.end_attempt(reason="DeadlineExceeded", message="maxDuration exceeded")
+        run.fail(Phase.TIMED_OUT, MAX_DURATION_EXCEEDED, "ran longer than its maxDuration")
+        return
     run.set_phase(Phase.DEQUEUED, f"attempt {number}: creating pod {pod}")
-    run.decision.create_pod = PodPlan(
-        name=pod,
-        attempt=number,
-        machine=machine,
+    run.decision.create_pod = _pod_plan(run, attempt)
+
+
+def _pod_plan(run: _Run, attempt: Attempt) -> PodPlan:
+    status = run.status
+    assert status.task_snapshot is not None
+    limit = _max_duration(run)
+    if limit is not None and _used_seconds(status, attempt.number) > 0:
+        # A resumed pod gets what earlier pods of the attempt left of maxDuration.
+        remaining = _remaining_max_duration(run, attempt.number) or 0.0
+        limit = format_duration(max(math.ceil(remaining), 1))
+    return PodPlan(
+        name=attempt.pod,
+        attempt=attempt.number,
+        machine=attempt.machine or status.task_snapshot.machine,
         queue=status.queue or "",
-        max_duration=run.spec.max_duration or status.task_snapshot.max_duration,
+        max_duration=limit,
         snapshot=status.task_snapshot,
     )
+
+
+def _max_duration(run: _Run) -> str | None:
+    assert run.spec is not None and run.status.task_snapshot is not None
+    return run.spec.max_duration or run.status.task_snapshot.max_duration
+
+
+def _used_seconds(status: TaskRunStatus, number: int) -> float:
+    """Compute time earlier pods of attempt ``number`` used before they checkpointed."""
+    return sum(
+        (a.finished_at - a.started_at).total_seconds()
+        for a in status.attempts
+        if a.number == number and a.reason == CHECKPOINTED and a.started_at and a.finished_at
+    )
+
+
+def _remaining_max_duration(run: _Run, number: int) -> float | None:
+    """maxDuration left for attempt ``number``: it counts compute time, not waits."""
+    limit = _max_duration(run)
+    if limit is None:
+        return None
+    return _seconds(limit) - _used_seconds(run.status, number)
 
 
 def _in_flight(run: _Run) -> None:
@@ -423,11 +563,16 @@ def _in_flight(run: _Run) -> None:
         run.decision.wake_in(0)
         return
     pod = run.facts.pods.get(attempt.pod)
+    if reports.journal is not None and reports.journal.attempt == attempt.number:
+        run.status.journal = Journal(attempt=attempt.number, entries=reports.journal.journal)
     if reports.completion is not None and reports.completion.attempt == attempt.number:
         _complete(run, reports.completion, pod)
         return
     if reports.failure is not None and reports.failure.attempt == attempt.number:
         _failed(run, reports.failure)
+        return
+    if reports.checkpoint is not None and reports.checkpoint.attempt == attempt.number:
+        _checkpoint(run, reports.checkpoint)
         return
     if pod is not None and pod.terminal:
         _pod_ended(run, pod)
@@ -436,15 +581,7 @@ def _in_flight(run: _Run) -> None:
         if run.status.phase == Phase.DEQUEUED and attempt.started_at is None:
             # Not created yet, or the create was lost in a restart: same name, so
             # creating again is harmless (409 if it is there after all).
-            assert run.status.task_snapshot is not None and run.spec is not None
-            run.decision.create_pod = PodPlan(
-                name=attempt.pod,
-                attempt=attempt.number,
-                machine=attempt.machine or run.status.task_snapshot.machine,
-                queue=run.status.queue or "",
-                max_duration=run.spec.max_duration or run.status.task_snapshot.max_duration,
-                snapshot=run.status.task_snapshot,
-            )
+            run.decision.create_pod = _pod_plan(run, attempt)
             return
         _infra_failure(run, "the pod disappeared (deleted behind the operator's back)")
         return
@@ -475,10 +612,10 @@ def _watch_liveness(run: _Run, attempt: Attempt, pod: PodView) -> None:
         run.fail(Phase.CRASHED, HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.0f}s")
         return
     run.decision.wake_in(settings.heartbeat_timeout - silent + 1)
-    assert run.spec is not None and run.status.task_snapshot is not None
-    max_duration = run.spec.max_duration or run.status.task_snapshot.max_duration
-    if max_duration and attempt.started_at:
-        over = (run.now - attempt.started_at).total_seconds() - _seconds(max_duration)
+    max_duration = _max_duration(run)
+    remaining = _remaining_max_duration(run, attempt.number)
+    if max_duration and remaining is not None and attempt.started_at:
+        over = (run.now - attempt.started_at).total_seconds() - remaining
         if over > DEADLINE_SLACK:
             run.end_attempt(reason="DeadlineExceeded", message="maxDuration exceeded")
             run.fail(Phase.TIMED_OUT, MAX_DURATION_EXCEEDED, f"ran longer than {max_duration}")
@@ -591,6 +728,54 @@ def _infra_failure(run: _Run, why: str) -> None:
         )
         return
     run.retry_later(0, why + " (not counted as an attempt)")
+
+
+def _checkpoint(run: _Run, report: Checkpoint) -> None:
+    """The runner stopped at a wait that will take a while; its pod is exiting."""
+    status = run.status
+    status.journal = Journal(attempt=report.attempt, entries=report.journal)
+    status.waiting_for = report.waiting_for.model_copy(update={"since": run.now})
+    what = describe_wait(status.waiting_for)
+    run.end_attempt(reason=CHECKPOINTED, exit_code=None, message=f"waiting for {what}")
+    run.set_phase(Phase.WAITING, f"checkpointed; waiting for {what}")
+    _waiting(run)
+
+
+def _waiting(run: _Run) -> None:
+    """Waiting: no pod, no slot.  Resume (back to Queued) once the wait is over."""
+    status = run.status
+    last = status.attempts[-1] if status.attempts else None
+    checkpointed_at = last.finished_at if last and last.finished_at else run.now
+    overdue = (run.now - checkpointed_at).total_seconds() >= CHECKPOINT_EXIT_GRACE
+    live = False
+    for name, pod in run.facts.pods.items():
+        live = live or not pod.terminal
+        if pod.deleting:
+            continue
+        # An ended pod goes at once (mid-wait the run has no pod at all); a live one
+        # gets a moment to exit by itself after checkpointing.
+        if pod.terminal or overdue:
+            run.decision.delete_pods.append(name)
+    over, ends_in = wait_over(status.waiting_for, run.facts.children, run.facts.tokens, run.now)
+    if live and over:
+        # Never two pods of one run: resume once the old one has stopped, and stop it
+        # now rather than after the grace (it reported everything it had to).
+        run.decision.delete_pods = [n for n, p in run.facts.pods.items() if not p.deleting]
+        run.decision.wake_in(DELETING_RECHECK)
+        return
+    if live:
+        run.decision.wake_in(
+            DELETING_RECHECK
+            if overdue
+            else CHECKPOINT_EXIT_GRACE - (run.now - checkpointed_at).total_seconds()
+        )
+    if not over:
+        run.decision.wake_in(WAITING_RECHECK if ends_in is None else ends_in)
+        return
+    what = describe_wait(status.waiting_for) if status.waiting_for else "nothing"
+    status.waiting_for = None
+    run.set_phase(Phase.QUEUED, f"resumed: {what} is over")
+    _queued(run)
 
 
 def _finished(run: _Run) -> None:

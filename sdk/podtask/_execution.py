@@ -252,9 +252,12 @@ class AttemptExecutor:
 
         async def start_and_run() -> Any:
             await self._each("init", self.payload, self.ctx)
-            if self.ctx.attempt == 1:
+            # A pod that resumes the attempt after a checkpoint replays the function,
+            # but the run and the attempt started long ago: their hooks ran then.
+            if self.ctx.attempt == 1 and not self.ctx.resumed:
                 await self._each("on_start", self.payload, self.ctx)
-            await self._each("on_start_attempt", self.payload, self.ctx)
+            if not self.ctx.resumed:
+                await self._each("on_start_attempt", self.payload, self.ctx)
             return await self._call(self.task.function, self.payload, self.ctx)
 
         layer = _Layer(start_and_run, any(c.is_async for c in inner_callables))

@@ -10,6 +10,16 @@ namespace and name::
     POST /v1/runs/{namespace}/{name}/metadata             <- MetadataUpdate
     POST /v1/runs/{namespace}/{name}/complete             <- Completion
     POST /v1/runs/{namespace}/{name}/fail                 <- Failure
+    POST /v1/runs/{namespace}/{name}/trigger              <- TriggerRequest -> TriggerResponse
+    POST /v1/runs/{namespace}/{name}/wait                 <- WaitRequest -> WaitResponse
+    POST /v1/runs/{namespace}/{name}/checkpoint           <- Checkpoint
+    POST /v1/runs/{namespace}/{name}/journal              <- JournalUpdate
+    POST /v1/runs/{namespace}/{name}/token                <- CreateToken -> TokenInfo
+    POST /v1/runs/{namespace}/{name}/complete_token       <- CompleteToken
+
+``trigger``, ``wait``, ``checkpoint``, ``journal`` and ``token`` carry waits and child
+runs (checkpoint by replay, ``docs/waits.md``); ``complete_token`` completes any
+WaitToken of the run's namespace.
 
 Request bodies refuse unknown fields; responses tolerate them (a newer operator
 may add some).  Answers: 200 ``{"ok": true}`` (or the context); 401 missing or invalid token; 403 a
@@ -19,12 +29,27 @@ already ended; 413 body over the limit; 422 a body that does not validate.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from podtask.api.base import FreeJSON, FreeObject, Model, StatusModel
-from podtask.api.v1alpha1 import RunError, TaskSpec
+from podtask.api.durations import Duration
+from podtask.api.v1alpha1 import (
+    MAX_BATCH_WAIT_RUNS,
+    MAX_JOURNAL_BYTES,
+    MAX_JOURNAL_ENTRIES,
+    MAX_TAGS,
+    JournalEntry,
+    Phase,
+    RunError,
+    Tag,
+    TaskRunSpec,
+    TaskSpec,
+    WaitingFor,
+    json_size,
+)
 
 API_PREFIX = "/v1/runs"
 
@@ -35,6 +60,9 @@ ENV_NAMESPACE = "PODTASK_RUN_NAMESPACE"
 ENV_RUN_NAME = "PODTASK_RUN_NAME"
 ENV_ATTEMPT = "PODTASK_ATTEMPT"
 ENV_ENTRYPOINT = "PODTASK_ENTRYPOINT"
+ENV_DEV_SESSION = "PODTASK_DEV_SESSION"
+"""Set (by ``podtask dev``, through the Task's env) when the attempt runs on a developer's
+machine: the pod's runner then only stands in for it (``podtask.runner``)."""
 
 DEFAULT_BODY_LIMIT = 16 * 1024 * 1024
 """Largest request body the API accepts: a 10 MiB output plus JSON overhead."""
@@ -73,6 +101,12 @@ class RunContext(StatusModel):
     payload: FreeJSON = None
     metadata: FreeObject = Field(default_factory=dict)
     heartbeat_interval_seconds: float = 30.0
+    journal: list[JournalEntry] = Field(default_factory=list)
+    """What this attempt did before its last checkpoint: replayed, not redone."""
+    resumed: bool = False
+    """The attempt resumes after a checkpoint (on_start hooks already ran)."""
+    wait_checkpoint_seconds: float = 10.0
+    """Waits expected to end sooner sleep in the pod; longer ones checkpoint."""
 
 
 class Heartbeat(Model):
@@ -112,3 +146,122 @@ def run_path(namespace: str, name: str, action: str) -> str:
 
 def ok() -> dict[str, Any]:
     return {"ok": True}
+
+
+# --------------------------------------------------------------------------- waits and children
+
+
+def _journal_fits(entries: list[JournalEntry]) -> list[JournalEntry]:
+    size = json_size([entry.to_wire() for entry in entries])
+    if size > MAX_JOURNAL_BYTES:
+        raise ValueError(
+            f"the journal is {size} bytes as JSON; the limit is {MAX_JOURNAL_BYTES} bytes "
+            "(keep step outputs small: store large results elsewhere and return a reference)"
+        )
+    return entries
+
+
+JournalEntries = Annotated[
+    list[JournalEntry], Field(max_length=MAX_JOURNAL_ENTRIES), AfterValidator(_journal_fits)
+]
+
+
+class ChildRun(Model):
+    """One child run to create: its spec (``parentRun`` is set by the operator) and labels."""
+
+    spec: TaskRunSpec
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class TriggerRequest(Model):
+    """POST …/trigger: create child runs for the journal entry at ``position``.
+
+    Their names are derived from the parent, the attempt, the position and the
+    index, so sending the same request again (a retry, a replay) creates nothing new.
+    """
+
+    attempt: int = Field(ge=1)
+    position: int = Field(ge=0)
+    runs: list[ChildRun] = Field(min_length=1, max_length=MAX_BATCH_WAIT_RUNS)
+
+
+class TriggerResponse(StatusModel):
+    runs: list[str]
+    """The children's names, in the order of the request."""
+
+
+class WaitRequest(Model):
+    """POST …/wait: is this wait over?  Answers at once when it is, else after at most
+    ``block_seconds`` (a long poll), or sooner when checkpointing now is wiser."""
+
+    attempt: int = Field(ge=1)
+    waiting_for: WaitingFor
+    block_seconds: float = Field(default=0.0, ge=0, le=60)
+
+
+class ChildResult(StatusModel):
+    """A finished child run: Trigger.dev's ``{ok, id, taskIdentifier, output, error}``."""
+
+    name: str
+    task: str = ""
+    ok: bool
+    phase: Phase | None = None
+    output: FreeJSON = None
+    error: RunError | None = None
+
+
+class TokenResult(StatusModel):
+    """A completed (or timed-out) WaitToken."""
+
+    name: str
+    ok: bool
+    output: FreeJSON = None
+    error: RunError | None = None
+
+
+class WaitResponse(StatusModel):
+    resolved: bool
+    checkpoint_now: bool = False
+    """Not resolved, and waiting in the pod is pointless (e.g. a child queues behind
+    this run's own slot): checkpoint at once."""
+    runs: list[ChildResult] = Field(default_factory=list)
+    token: TokenResult | None = None
+
+
+class Checkpoint(Model):
+    """POST …/checkpoint: the attempt stops here and resumes in a new pod once
+    ``waiting_for`` is over; answered after the journal and the Waiting phase are
+    written, so the runner may exit."""
+
+    attempt: int = Field(ge=1)
+    waiting_for: WaitingFor
+    journal: JournalEntries
+
+
+class JournalUpdate(Model):
+    """POST …/journal: make the journal durable now (after a step), answered once written."""
+
+    attempt: int = Field(ge=1)
+    journal: JournalEntries
+
+
+class CreateToken(Model):
+    """POST …/token: create the WaitToken for the journal entry at ``position``."""
+
+    attempt: int = Field(ge=1)
+    position: int = Field(ge=0)
+    timeout: Duration | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+
+
+class TokenInfo(StatusModel):
+    name: str
+    expires_at: datetime | None = None
+
+
+class CompleteToken(Model):
+    """POST …/complete_token: complete a WaitToken of the run's namespace."""
+
+    attempt: int = Field(ge=1)
+    token: str = Field(min_length=1, max_length=253)
+    output: FreeJSON = None

@@ -7,19 +7,38 @@ an in-memory fake; :class:`HttpRunApi` is the real client.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from podtask import protocol
 from podtask.api.base import Model
 from podtask.errors import PodtaskError
-from podtask.protocol import Completion, Failure, Heartbeat, MetadataUpdate, RunContext
+from podtask.protocol import (
+    Checkpoint,
+    CompleteToken,
+    Completion,
+    CreateToken,
+    Failure,
+    Heartbeat,
+    JournalUpdate,
+    MetadataUpdate,
+    RunContext,
+    TokenInfo,
+    TriggerRequest,
+    TriggerResponse,
+    WaitRequest,
+    WaitResponse,
+)
 
 __all__ = ["HttpRunApi", "RunApi", "RunApiError"]
 
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EXCERPT = 300
+# A long poll (POST …/wait) answers within its block_seconds; allow for that on top.
+_LONG_POLL_MARGIN = 30.0
+
+M = TypeVar("M", bound=Model)
 
 
 class RunApiError(PodtaskError):
@@ -54,6 +73,18 @@ class RunApi(Protocol):
     def complete(self, body: Completion) -> None: ...
 
     def fail(self, body: Failure) -> None: ...
+
+    def trigger(self, body: TriggerRequest) -> TriggerResponse: ...
+
+    def wait(self, body: WaitRequest) -> WaitResponse: ...
+
+    def checkpoint(self, body: Checkpoint) -> None: ...
+
+    def journal(self, body: JournalUpdate) -> None: ...
+
+    def create_token(self, body: CreateToken) -> TokenInfo: ...
+
+    def complete_token(self, body: CompleteToken) -> None: ...
 
     def close(self) -> None: ...
 
@@ -104,13 +135,45 @@ class HttpRunApi:
     def fail(self, body: Failure) -> None:
         self._post("fail", body)
 
+    def trigger(self, body: TriggerRequest) -> TriggerResponse:
+        return self._read(self._post("trigger", body), TriggerResponse)
+
+    def wait(self, body: WaitRequest) -> WaitResponse:
+        timeout = httpx.Timeout(body.block_seconds + _LONG_POLL_MARGIN, connect=5.0)
+        return self._read(self._post("wait", body, timeout=timeout), WaitResponse)
+
+    def checkpoint(self, body: Checkpoint) -> None:
+        self._post("checkpoint", body)
+
+    def journal(self, body: JournalUpdate) -> None:
+        self._post("journal", body)
+
+    def create_token(self, body: CreateToken) -> TokenInfo:
+        return self._read(self._post("token", body), TokenInfo)
+
+    def complete_token(self, body: CompleteToken) -> None:
+        self._post("complete_token", body)
+
     def close(self) -> None:
         self._client.close()
 
-    def _post(self, action: str, body: Model) -> None:
+    def _post(self, action: str, body: Model, **kwargs: Any) -> httpx.Response:
         # Strict JSON: NaN and Infinity are not JSON, and the server would refuse them.
         content = json.dumps(body.to_wire(), allow_nan=False, ensure_ascii=False).encode()
-        self._request("POST", action, content=content, headers={"Content-Type": "application/json"})
+        return self._request(
+            "POST", action, content=content, headers={"Content-Type": "application/json"}, **kwargs
+        )
+
+    @staticmethod
+    def _read(response: httpx.Response, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValueError as error:
+            raise RunApiError(
+                f"the run API answered with a {model.__name__} podtask cannot read: {error}",
+                response.status_code,
+                transient=False,
+            ) from error
 
     def _request(self, method: str, action: str, **kwargs: Any) -> httpx.Response:
         path = protocol.run_path(self._namespace, self._name, action)

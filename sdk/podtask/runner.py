@@ -15,6 +15,7 @@ Logs are JSON lines on stderr; the task's own output on stdout is untouched.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -29,15 +30,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from podtask import _logging, metadata, protocol
+from podtask import _logging, _waits, metadata, protocol
 from podtask._cancel import Canceller
 from podtask._execution import AttemptExecutor, Failed, Outcome, Succeeded
 from podtask._run_error import run_error
+from podtask._waits import Suspend, Suspended, WaitSession
 from podtask.context import TaskContext, TaskInfo
 from podtask.errors import OutputTooLargeError, RunCanceled, TaskNotFoundError
 from podtask.hooks import HookSet, global_hooks
 from podtask.metadata import RunMetadata
-from podtask.protocol import Completion, Failure, Heartbeat, MetadataUpdate, RetryDecision
+from podtask.protocol import (
+    Checkpoint,
+    Completion,
+    Failure,
+    Heartbeat,
+    MetadataUpdate,
+    RetryDecision,
+)
 from podtask.runapi import HttpRunApi, RunApi, RunApiError
 from podtask.tasks import Task, find_by_function
 
@@ -185,6 +194,15 @@ class Runner:
                 id=task.id, entrypoint=context.task.entrypoint, version=context.task.version
             ),
             metadata=store,
+            resumed=context.resumed,
+        )
+        session = WaitSession(
+            self.api,
+            namespace=context.run.namespace,
+            run=context.run.name,
+            attempt=attempt,
+            journal=context.journal,
+            threshold=context.wait_checkpoint_seconds,
         )
         executor = AttemptExecutor(task, self._hooks, ctx, context.payload, self.canceller)
         heartbeat = HeartbeatSender(
@@ -193,12 +211,15 @@ class Runner:
         )
         heartbeat.start()
         store.start_auto_flush(self._metadata_interval)
-        logger.info("attempt started", extra={"task": task.id})
+        if context.resumed:
+            logger.info("attempt resumed after a checkpoint", extra={"task": task.id})
+        else:
+            logger.info("attempt started", extra={"task": task.id})
         try:
-            with metadata.using(store):
+            with metadata.using(store), _waits.installed(session):
                 self.canceller.raise_anywhere = False
                 try:
-                    outcome = self._execute(executor)
+                    outcome = self._execute(executor, session)
                 except RunCanceled:
                     return self._canceled(executor, store)
                 # From here on a cancel is only recorded: the outcome is being reported.
@@ -209,16 +230,29 @@ class Runner:
             store.close()
             heartbeat.stop()
 
-    def _execute(self, executor: AttemptExecutor) -> Outcome:
+    def _execute(
+        self, executor: AttemptExecutor, session: WaitSession | None = None
+    ) -> Outcome | Suspended:
         try:
             outcome = executor.run()
         except RunCanceled:
             raise
+        except Suspend:
+            pass  # a wait checkpoints: reported below
         except BaseException as error:
             # Not the task's error (those become outcomes): a fault in podtask itself.
             logger.exception("the attempt broke down outside the task's code")
             outcome = Failed(error, RetryDecision(), final=executor.ctx.is_last_attempt)
         self.canceller.raise_if_requested()
+        if session is not None and session.broken is not None:
+            # Two waits at once, or a diverged replay: whatever the function made of
+            # the error, the journal cannot be trusted and the run fails at once.
+            if not (isinstance(outcome, Failed) and outcome.error is session.broken):
+                outcome = Failed(session.broken, RetryDecision(skip=True), final=True)
+        elif session is not None and session.suspended is not None:
+            # Whatever the function did after a checkpoint began (it may have caught
+            # the Suspend), the attempt stops at that wait and resumes there.
+            return Suspended(session.checkpoint())
         return outcome
 
     def _canceled(self, executor: AttemptExecutor, store: RunMetadata) -> int:
@@ -250,12 +284,18 @@ class Runner:
 
     # ------------------------------------------------------------------ reporting
 
-    def _report(self, outcome: Outcome) -> int:
+    def _report(self, outcome: Outcome | Suspended) -> int:
         attempt = self.config.attempt
-        if isinstance(outcome, Succeeded):
+        send: Callable[[], None]
+        if isinstance(outcome, Suspended):
+            checkpoint: Checkpoint = outcome.checkpoint
+            logger.info("attempt checkpointed", extra={"waiting_for": checkpoint.waiting_for.kind})
+            send = functools.partial(self.api.checkpoint, checkpoint)
+        elif isinstance(outcome, Succeeded):
             logger.info("attempt succeeded")
-            body: Completion | Failure = Completion(attempt=attempt, output=outcome.output)
-            send: Callable[[Any], None] = self.api.complete
+            send = functools.partial(
+                self.api.complete, Completion(attempt=attempt, output=outcome.output)
+            )
         else:
             reported = run_error(outcome.error)
             logger.info(
@@ -267,10 +307,11 @@ class Runner:
                     "final": outcome.final,
                 },
             )
-            body = Failure(attempt=attempt, error=reported, retry=outcome.retry)
-            send = self.api.fail
+            send = functools.partial(
+                self.api.fail, Failure(attempt=attempt, error=reported, retry=outcome.retry)
+            )
         try:
-            self._retrying(lambda: send(body), self._report_deadline, "report the outcome")
+            self._retrying(send, self._report_deadline, "report the outcome")
         except RunApiError as error:
             if error.status == 409:
                 # Stale attempt, or the run already ended (maybe our own earlier try
@@ -367,12 +408,38 @@ def _import_from_working_directory() -> None:
         sys.path.insert(0, cwd)
 
 
+def dev_relay(env: Mapping[str, str]) -> int:
+    """Stand in for an attempt that ``podtask dev`` runs on the developer's machine.
+
+    The pod keeps the attempt's place (its queue slot, its maxDuration deadline, the
+    target of a cancel) while the dev session runs the runner locally with this pod's
+    run token; the session deletes the pod when its local attempt ends, and a cancel
+    or deadline that stops the pod stops the local attempt too.  Nothing here imports
+    task code.
+    """
+    stop = {signal.SIGTERM, signal.SIGINT}
+    # Blocked before saying anything, so a stop that follows the log line is never lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    _logging.configure(
+        {"run": env.get(protocol.ENV_RUN_NAME), "attempt": env.get(protocol.ENV_ATTEMPT)}
+    )
+    logger.info(
+        "attempt runs on a developer's machine in podtask dev session %s; waiting",
+        env.get(protocol.ENV_DEV_SESSION),
+    )
+    received = signal.sigwait(stop)
+    logger.info("relay stopped by %s", signal.Signals(received).name)
+    return protocol.EXIT_CANCELED
+
+
 def main() -> int:
     # Lines, not blocks: `kubectl logs -f` should show a print when it happens.
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
+    if os.environ.get(protocol.ENV_DEV_SESSION):
+        return dev_relay(os.environ)
     code = run_from_env(os.environ)
     if code == protocol.EXIT_CANCELED:
         sys.stdout.flush()

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -36,11 +36,49 @@ from podtask.errors import (
     TaskNotFoundError,
 )
 from podtask.hooks import HookFn, HookKind, HookSet, duration_seconds
+from podtask.subtasks import (
+    BatchResult,
+    Result,
+    SubtaskMethods,
+    batch_trigger_and_wait,
+    batch_trigger_and_wait_async,
+    batch_trigger_by_task_and_wait,
+    batch_trigger_by_task_and_wait_async,
+    trigger_and_wait,
+    trigger_and_wait_async,
+)
 
-__all__ = ["Task", "all", "get", "schema_task", "task", "validate_task_id"]
+if TYPE_CHECKING:
+    # Only for annotations: triggering imports the Kubernetes client on first use, so the
+    # runner (which imports this module in every pod) never loads it.
+    from podtask._trigger import BatchItem, TriggerOptions
+    from podtask.aio import AsyncBatchHandle, AsyncClient, AsyncRunHandle
+    from podtask.client import BatchHandle, Client, RunHandle
+
+__all__ = [
+    "BatchResult",
+    "Result",
+    "Task",
+    "all",
+    "batch_trigger",
+    "batch_trigger_and_wait",
+    "batch_trigger_and_wait_async",
+    "batch_trigger_async",
+    "batch_trigger_by_task_and_wait",
+    "batch_trigger_by_task_and_wait_async",
+    "get",
+    "schema_task",
+    "task",
+    "trigger",
+    "trigger_and_wait",
+    "trigger_and_wait_async",
+    "trigger_async",
+    "validate_task_id",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+G = TypeVar("G")
 
 MAX_TASK_ID_LENGTH = 253
 _TASK_ID = re.compile(DNS_SUBDOMAIN_PATTERN)
@@ -88,7 +126,7 @@ def validate_task_id(task_id: str) -> str:
     return task_id
 
 
-class Task(Generic[P, R]):
+class Task(SubtaskMethods[R], Generic[P, R]):
     """A task: the function, its run options, its hooks and, optionally, a payload schema."""
 
     # Copied from the function (functools.update_wrapper), so the task reads as it.
@@ -242,6 +280,90 @@ class Task(Generic[P, R]):
                 "at the top level of its module so the runner can import it"
             )
 
+    # ------------------------------------------------------------------ triggering
+
+    def trigger(
+        self,
+        payload: Any = None,
+        /,
+        *,
+        namespace: str | None = None,
+        client: Client | None = None,
+        **options: Unpack[TriggerOptions],
+    ) -> RunHandle[R]:
+        """Create a run of this task; see :meth:`podtask.Client.trigger`.
+
+        The payload is validated (a ``schema_task``'s schema) before anything is
+        created.  ``client`` defaults to the process-wide one (kubeconfig or
+        in-cluster credentials).
+        """
+        from podtask.client import default_client
+
+        return (client or default_client()).trigger(self, payload, namespace=namespace, **options)
+
+    def batch_trigger(
+        self,
+        items: Iterable[BatchItem],
+        /,
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_key_ttl: DurationOption | None = None,
+        concurrency: int | None = None,
+        client: Client | None = None,
+    ) -> BatchHandle[R]:
+        """Up to 1,000 runs of this task, one per ``{"payload": ..., "options": {...}}``;
+        see :meth:`podtask.Client.batch_trigger`."""
+        from podtask.client import default_client
+
+        return (client or default_client()).batch_trigger(
+            self,
+            items,
+            namespace=namespace,
+            idempotency_key=idempotency_key,
+            idempotency_key_ttl=idempotency_key_ttl,
+            concurrency=concurrency,
+        )
+
+    async def trigger_async(
+        self,
+        payload: Any = None,
+        /,
+        *,
+        namespace: str | None = None,
+        client: AsyncClient | None = None,
+        **options: Unpack[TriggerOptions],
+    ) -> AsyncRunHandle[R]:
+        """:meth:`trigger` with the async client (``kubernetes_asyncio``)."""
+        from podtask.aio import using_client
+
+        async with using_client(client) as active:
+            return await active.trigger(self, payload, namespace=namespace, **options)
+
+    async def batch_trigger_async(
+        self,
+        items: Iterable[BatchItem],
+        /,
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        idempotency_key_ttl: DurationOption | None = None,
+        concurrency: int | None = None,
+        client: AsyncClient | None = None,
+    ) -> AsyncBatchHandle[R]:
+        """:meth:`batch_trigger` with the async client."""
+        from podtask.aio import using_client
+
+        async with using_client(client) as active:
+            return await active.batch_trigger(
+                self,
+                items,
+                namespace=namespace,
+                idempotency_key=idempotency_key,
+                idempotency_key_ttl=idempotency_key_ttl,
+                concurrency=concurrency,
+            )
+
     # ------------------------------------------------------------------ hooks
 
     def init(self, fn: HookFn) -> HookFn:
@@ -384,6 +506,115 @@ def all() -> list[Task[..., Any]]:
 def find_by_function(fn: Callable[..., Any]) -> Task[..., Any] | None:
     """The registered task wrapping ``fn``, if any."""
     return next((t for t in _REGISTRY.values() if t.fn is fn), None)
+
+
+# ---------------------------------------------------------------------- triggering by id
+
+
+@overload
+def trigger(
+    task: Task[..., G],
+    payload: Any = None,
+    /,
+    *,
+    namespace: str | None = None,
+    client: Client | None = None,
+    **options: Unpack[TriggerOptions],
+) -> RunHandle[G]: ...
+
+
+@overload
+def trigger(
+    task: str,
+    payload: Any = None,
+    /,
+    *,
+    namespace: str | None = None,
+    client: Client | None = None,
+    **options: Unpack[TriggerOptions],
+) -> RunHandle[Any]: ...
+
+
+def trigger(
+    task: Task[..., Any] | str,
+    payload: Any = None,
+    /,
+    *,
+    namespace: str | None = None,
+    client: Client | None = None,
+    **options: Unpack[TriggerOptions],
+) -> RunHandle[Any]:
+    """Trigger a task by id (or object) from any process with access to the cluster;
+    the code defining it need not be importable here.  See
+    :meth:`podtask.Client.trigger`."""
+    from podtask.client import default_client
+
+    return (client or default_client()).trigger(task, payload, namespace=namespace, **options)
+
+
+def batch_trigger(
+    task: Task[..., Any] | str,
+    items: Iterable[BatchItem],
+    /,
+    *,
+    namespace: str | None = None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: DurationOption | None = None,
+    concurrency: int | None = None,
+    client: Client | None = None,
+) -> BatchHandle[Any]:
+    """A batch of runs of a task given by id or object; see :meth:`podtask.Client.batch_trigger`."""
+    from podtask.client import default_client
+
+    return (client or default_client()).batch_trigger(
+        task,
+        items,
+        namespace=namespace,
+        idempotency_key=idempotency_key,
+        idempotency_key_ttl=idempotency_key_ttl,
+        concurrency=concurrency,
+    )
+
+
+async def trigger_async(
+    task: Task[..., Any] | str,
+    payload: Any = None,
+    /,
+    *,
+    namespace: str | None = None,
+    client: AsyncClient | None = None,
+    **options: Unpack[TriggerOptions],
+) -> AsyncRunHandle[Any]:
+    """:func:`trigger` with the async client."""
+    from podtask.aio import using_client
+
+    async with using_client(client) as active:
+        return await active.trigger(task, payload, namespace=namespace, **options)
+
+
+async def batch_trigger_async(
+    task: Task[..., Any] | str,
+    items: Iterable[BatchItem],
+    /,
+    *,
+    namespace: str | None = None,
+    idempotency_key: str | None = None,
+    idempotency_key_ttl: DurationOption | None = None,
+    concurrency: int | None = None,
+    client: AsyncClient | None = None,
+) -> AsyncBatchHandle[Any]:
+    """:func:`batch_trigger` with the async client."""
+    from podtask.aio import using_client
+
+    async with using_client(client) as active:
+        return await active.batch_trigger(
+            task,
+            items,
+            namespace=namespace,
+            idempotency_key=idempotency_key,
+            idempotency_key_ttl=idempotency_key_ttl,
+            concurrency=concurrency,
+        )
 
 
 # ---------------------------------------------------------------------- options

@@ -40,10 +40,16 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) ->
 
 def python_pod(name: str, code: str, *, policy: str = "Never", **container: Any) -> Obj:
     return {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"restartPolicy": policy, "terminationGracePeriodSeconds": 10,
-                 "containers": [{"name": "main", "image": IMAGE,
-                                 "command": ["python", "-c", code], **container}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": policy,
+            "terminationGracePeriodSeconds": 10,
+            "containers": [
+                {"name": "main", "image": IMAGE, "command": ["python", "-c", code], **container}
+            ],
+        },
     }
 
 
@@ -63,9 +69,15 @@ def read(core: client.CoreV1Api, namespace: str, name: str) -> Obj:
 
 
 def finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float = 60) -> Obj:
-    return wait_for(f"pod {name} to finish", lambda: (
-        p if (p := read(core, namespace, name))["status"].get("phase") in {"Succeeded", "Failed"}
-        else None), timeout)
+    return wait_for(
+        f"pod {name} to finish",
+        lambda: (
+            p
+            if (p := read(core, namespace, name))["status"].get("phase") in {"Succeeded", "Failed"}
+            else None
+        ),
+        timeout,
+    )
 
 
 def terminated(pod: Obj, index: int = 0) -> Obj:
@@ -88,24 +100,33 @@ def test_pod_runs_to_success_and_kubectl_logs_work(
     assert (state["exitCode"], state["reason"]) == (0, "Completed")
     assert state["containerID"].startswith("process://")
     assert pod["status"]["podIP"] == pod["status"]["hostIP"] == "127.0.0.1"
-    conditions = {c["type"]: (c["status"], c.get("reason"))
-                  for c in pod["status"]["conditions"]}
+    conditions = {c["type"]: (c["status"], c.get("reason")) for c in pod["status"]["conditions"]}
     assert conditions["Ready"] == ("False", "PodCompleted")
     assert conditions["Initialized"] == ("True", "PodCompleted")
     # Through the API server's proxy to the agent's HTTPS log endpoint.
     assert core.read_namespaced_pod_log("answer", namespace) == "42\n"
     kubectl = tools.install(names=["kubectl"])["kubectl"]
-    out = subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig), "-n", namespace,
-                          "logs", "answer"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(kubectl), "--kubeconfig", str(kubeconfig), "-n", namespace, "logs", "answer"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (out.returncode, out.stdout) == (0, "42\n"), out.stderr
 
 
 def test_failing_command_fails_the_pod_with_its_exit_code(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    create(core, namespace, python_pod(
-        "three", "import sys; print('bad input', file=sys.stderr); sys.exit(3)",
-        terminationMessagePolicy="FallbackToLogsOnError"))
+    create(
+        core,
+        namespace,
+        python_pod(
+            "three",
+            "import sys; print('bad input', file=sys.stderr); sys.exit(3)",
+            terminationMessagePolicy="FallbackToLogsOnError",
+        ),
+    )
     pod = finished(core, namespace, "three")
     assert pod["status"]["phase"] == "Failed"
     state = terminated(pod)
@@ -122,9 +143,15 @@ def test_missing_executable_is_a_start_error(core: client.CoreV1Api, namespace: 
 
 
 def test_memory_limit_ends_in_oomkilled(core: client.CoreV1Api, namespace: str) -> None:
-    create(core, namespace, python_pod(
-        "hog", "import time; x = bytearray(256 * 1024 * 1024); time.sleep(60)",
-        resources={"limits": {"memory": "64Mi"}}))
+    create(
+        core,
+        namespace,
+        python_pod(
+            "hog",
+            "import time; x = bytearray(256 * 1024 * 1024); time.sleep(60)",
+            resources={"limits": {"memory": "64Mi"}},
+        ),
+    )
     pod = finished(core, namespace, "hog", timeout=30)
     assert pod["status"]["phase"] == "Failed"
     assert (terminated(pod)["exitCode"], terminated(pod)["reason"]) == (137, "OOMKilled")
@@ -133,11 +160,19 @@ def test_memory_limit_ends_in_oomkilled(core: client.CoreV1Api, namespace: str) 
 def test_env_and_volumes_from_configmap_secret_and_downward_api(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="settings"),
-        data={"greeting": "hello", "file.txt": "from a volume"}))
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="creds"), string_data={"password": "s3cret"}))
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="settings"),
+            data={"greeting": "hello", "file.txt": "from a volume"},
+        ),
+    )
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="creds"), string_data={"password": "s3cret"}
+        ),
+    )
     code = (
         "import os, pathlib, sys\n"
         "print(sys.argv[1:])\n"
@@ -148,22 +183,27 @@ def test_env_and_volumes_from_configmap_secret_and_downward_api(
     )
     body = python_pod("envs", code)
     body["metadata"]["labels"] = {"app": "demo"}
-    body["spec"]["containers"][0].update({
-        "args": ["$(GREETING)", "$$(GREETING)"],
-        "env": [
-            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings",
-                                                                   "key": "greeting"}}},
-            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds",
-                                                                "key": "password"}}},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {
-                "fieldPath": "metadata.labels['app']"}}},
-            {"name": "COMBINED", "value": "$(GREETING), $(POD)"},
-        ],
-        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
-        "volumeMounts": [{"name": "settings", "mountPath": "/etc/settings"}],
-    })
+    body["spec"]["containers"][0].update(
+        {
+            "args": ["$(GREETING)", "$$(GREETING)"],
+            "env": [
+                {
+                    "name": "GREETING",
+                    "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}},
+                },
+                {
+                    "name": "PASSWORD",
+                    "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}},
+                },
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "COMBINED", "value": "$(GREETING), $(POD)"},
+            ],
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+            "volumeMounts": [{"name": "settings", "mountPath": "/etc/settings"}],
+        }
+    )
     body["spec"]["volumes"] = [{"name": "settings", "configMap": {"name": "settings"}}]
     create(core, namespace, body)
     assert finished(core, namespace, "envs")["status"]["phase"] == "Succeeded"
@@ -190,8 +230,12 @@ def test_volumes_are_mounted_at_their_paths_and_in_cluster_config_works(
     why_not = mount_namespaces_available()
     if why_not is not None:
         pytest.skip(f"the node cannot create mount namespaces here: {why_not}")
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="settings"), data={"file.txt": "mounted"}))
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="settings"), data={"file.txt": "mounted"}
+        ),
+    )
     code = (
         "import pathlib\n"
         "from kubernetes import client, config\n"
@@ -210,12 +254,15 @@ def test_volumes_are_mounted_at_their_paths_and_in_cluster_config_works(
     )
     body = python_pod("mounts", code)
     body["spec"]["containers"][0]["volumeMounts"] = [
-        {"name": "settings", "mountPath": "/mnt/podtask-test/settings"}]
+        {"name": "settings", "mountPath": "/mnt/podtask-test/settings"}
+    ]
     body["spec"]["volumes"] = [{"name": "settings", "configMap": {"name": "settings"}}]
     created = create(core, namespace, body)
     # The ServiceAccount admission plugin added the projected token volume and its mount.
-    assert any(m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
-               for m in created["spec"]["containers"][0]["volumeMounts"])
+    assert any(
+        m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+        for m in created["spec"]["containers"][0]["volumeMounts"]
+    )
     pod = finished(core, namespace, "mounts")
     log = core.read_namespaced_pod_log("mounts", namespace)
     assert pod["status"]["phase"] == "Succeeded", log
@@ -233,9 +280,15 @@ def test_volumes_are_mounted_at_their_paths_and_in_cluster_config_works(
 def test_missing_configmap_waits_with_config_error_until_it_exists(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    create(core, namespace, python_pod(
-        "later", "import os; print(os.environ['X'])",
-        env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "x"}}}]))
+    create(
+        core,
+        namespace,
+        python_pod(
+            "later",
+            "import os; print(os.environ['X'])",
+            env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "x"}}}],
+        ),
+    )
 
     def config_error() -> Obj | None:
         statuses = read(core, namespace, "later")["status"].get("containerStatuses") or []
@@ -245,21 +298,27 @@ def test_missing_configmap_waits_with_config_error_until_it_exists(
     waiting = wait_for("CreateContainerConfigError", config_error, 30)
     assert waiting["message"] == 'configmap "late" not found'
     assert read(core, namespace, "later")["status"]["phase"] == "Pending"
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="late"), data={"x": "arrived"}))
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="late"), data={"x": "arrived"}),
+    )
     assert finished(core, namespace, "later")["status"]["phase"] == "Succeeded"
     assert core.read_namespaced_pod_log("later", namespace) == "arrived\n"
 
 
-def test_init_containers_run_in_order_then_the_app(
-    core: client.CoreV1Api, namespace: str
-) -> None:
+def test_init_containers_run_in_order_then_the_app(core: client.CoreV1Api, namespace: str) -> None:
     def step(name: str, text: str) -> Obj:
-        code = ("import os, pathlib; p = pathlib.Path(os.environ['PODTASK_NODE_VOLUME_WORK'])"
-                f" / 'steps'; p.write_text(p.read_text() + '{text}' if p.exists() else "
-                f"'{text}'); print(p.read_text())")
-        return {"name": name, "image": IMAGE, "command": ["python", "-c", code],
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+        code = (
+            "import os, pathlib; p = pathlib.Path(os.environ['PODTASK_NODE_VOLUME_WORK'])"
+            f" / 'steps'; p.write_text(p.read_text() + '{text}' if p.exists() else "
+            f"'{text}'); print(p.read_text())"
+        )
+        return {
+            "name": name,
+            "image": IMAGE,
+            "command": ["python", "-c", code],
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+        }
 
     body = python_pod("inits", "")
     body["spec"]["initContainers"] = [step("first", "1"), step("second", "2")]
@@ -268,20 +327,25 @@ def test_init_containers_run_in_order_then_the_app(
     create(core, namespace, body)
     pod = finished(core, namespace, "inits")
     assert pod["status"]["phase"] == "Succeeded"
-    assert [s["state"]["terminated"]["reason"] for s in pod["status"]["initContainerStatuses"]] \
-        == ["Completed", "Completed"]
+    assert [s["state"]["terminated"]["reason"] for s in pod["status"]["initContainerStatuses"]] == [
+        "Completed",
+        "Completed",
+    ]
     assert core.read_namespaced_pod_log("inits", namespace, container="main") == "123\n"
 
 
 def test_on_failure_restarts_and_counts(core: client.CoreV1Api, namespace: str) -> None:
     # An emptyDir outlives container restarts, so the second attempt can succeed.
-    code = ("import os, pathlib, sys\n"
-            "marker = pathlib.Path(os.environ['PODTASK_NODE_VOLUME_STATE']) / 'tried'\n"
-            "if not marker.exists():\n"
-            "    marker.touch(); print('first try'); sys.exit(1)\n"
-            "print('second try')\n")
-    body = python_pod("flaky", code, policy="OnFailure",
-                      volumeMounts=[{"name": "state", "mountPath": "/state"}])
+    code = (
+        "import os, pathlib, sys\n"
+        "marker = pathlib.Path(os.environ['PODTASK_NODE_VOLUME_STATE']) / 'tried'\n"
+        "if not marker.exists():\n"
+        "    marker.touch(); print('first try'); sys.exit(1)\n"
+        "print('second try')\n"
+    )
+    body = python_pod(
+        "flaky", code, policy="OnFailure", volumeMounts=[{"name": "state", "mountPath": "/state"}]
+    )
     body["spec"]["volumes"] = [{"name": "state", "emptyDir": {}}]
     create(core, namespace, body)
     pod = finished(core, namespace, "flaky")
@@ -301,10 +365,17 @@ def test_active_deadline_fails_the_pod(core: client.CoreV1Api, namespace: str) -
     pod = finished(core, namespace, "slow", timeout=30)
     assert time.monotonic() - started < 20
     assert (pod["status"]["phase"], pod["status"]["reason"], pod["status"]["message"]) == (
-        "Failed", "DeadlineExceeded",
-        "Pod was active on the node longer than the specified deadline")
-    wait_for("the container to be reported killed", lambda: "terminated" in read(
-        core, namespace, "slow")["status"]["containerStatuses"][0]["state"], 20)
+        "Failed",
+        "DeadlineExceeded",
+        "Pod was active on the node longer than the specified deadline",
+    )
+    wait_for(
+        "the container to be reported killed",
+        lambda: (
+            "terminated" in read(core, namespace, "slow")["status"]["containerStatuses"][0]["state"]
+        ),
+        20,
+    )
 
 
 def _pod_dir(cluster: KubeCluster, namespace: str, name: str, uid: str) -> Path:
@@ -315,17 +386,24 @@ def _pod_dir(cluster: KubeCluster, namespace: str, name: str, uid: str) -> Path:
 def test_deleting_a_running_pod_sends_sigterm_then_removes_it(
     core: client.CoreV1Api, namespace: str, kube_cluster: KubeCluster
 ) -> None:
-    code = ("import signal, sys, time\n"
-            "def bye(*_):\n"
-            "    print('caught SIGTERM', flush=True); sys.exit(0)\n"
-            "signal.signal(signal.SIGTERM, bye)\n"
-            "print('ready', flush=True)\n"
-            "while True: time.sleep(1)\n")
+    code = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    print('caught SIGTERM', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
     created = create(core, namespace, python_pod("trap", code, policy="Always"))
     uid = created["metadata"]["uid"]
-    wait_for("the pod to run", lambda: core.read_namespaced_pod_log("trap", namespace)
-             == "ready\n" if read(core, namespace, "trap")["status"].get("phase") == "Running"
-             else None)
+    wait_for(
+        "the pod to run",
+        lambda: (
+            core.read_namespaced_pod_log("trap", namespace) == "ready\n"
+            if read(core, namespace, "trap")["status"].get("phase") == "Running"
+            else None
+        ),
+    )
     core.delete_namespaced_pod("trap", namespace)
 
     def gone() -> bool:
@@ -360,8 +438,11 @@ def test_node_stays_ready_with_lease_renewals(core: client.CoreV1Api, kube_api: 
         node = as_dict(core, core.read_node(name))
         ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
         assert ready == "True"
-        assert not [t for t in node["spec"].get("taints") or []
-                    if t["key"].startswith("node.kubernetes.io/")]
+        assert not [
+            t
+            for t in node["spec"].get("taints") or []
+            if t["key"].startswith("node.kubernetes.io/")
+        ]
     assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] > 0
     version = as_dict(core, client.VersionApi(kube_api).get_code())["gitVersion"]
     assert node["status"]["nodeInfo"]["kubeletVersion"] == version
@@ -372,16 +453,35 @@ def instant_node(kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> It
     name = f"instant-{os.getpid()}"
     repo = Path(__file__).resolve().parents[2]
     agent = subprocess.Popen(
-        [sys.executable, "-m", "localcluster.node", "--kubeconfig", str(kubeconfig),
-         "--state-dir", str(tmp_path), "--name", name, "--instant"],
-        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-        stdout=(tmp_path / "agent.log").open("wb"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "localcluster.node",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--state-dir",
+            str(tmp_path),
+            "--name",
+            name,
+            "--instant",
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        stdout=(tmp_path / "agent.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for("the instant node to be Ready", lambda: any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for n in as_dict(core, core.list_node(field_selector=f"metadata.name={name}"))[
-                "items"]
-            for c in n.get("status", {}).get("conditions") or []), 30)
+        wait_for(
+            "the instant node to be Ready",
+            lambda: any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for n in as_dict(core, core.list_node(field_selector=f"metadata.name={name}"))[
+                    "items"
+                ]
+                for c in n.get("status", {}).get("conditions") or []
+            ),
+            30,
+        )
         yield name
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -401,8 +501,14 @@ def test_instant_mode_completes_pods_without_running_them(
     forever = python_pod("forever", "", policy="Always")
     forever["spec"]["nodeName"] = instant_node
     create(core, namespace, forever)
-    wait_for("Running", lambda: read(core, namespace, "forever")["status"].get("phase")
-             == "Running", 15)
+    wait_for(
+        "Running", lambda: read(core, namespace, "forever")["status"].get("phase") == "Running", 15
+    )
     core.delete_namespaced_pod("forever", namespace)
-    wait_for("deletion", lambda: not core.list_namespaced_pod(
-        namespace, field_selector="metadata.name=forever").items, 15)
+    wait_for(
+        "deletion",
+        lambda: (
+            not core.list_namespaced_pod(namespace, field_selector="metadata.name=forever").items
+        ),
+        15,
+    )

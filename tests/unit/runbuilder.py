@@ -19,7 +19,15 @@ from typing import Any, Self
 
 from podtask.api.v1alpha1 import API_VERSION, RunError, TaskRunStatus, TaskSpec
 from podtask.protocol import Completion, Failure, RetryDecision
-from podtask_operator.runstate import Decision, PodView, Reports, RunFacts, decide
+from podtask_operator.runstate import (
+    ChildView,
+    Decision,
+    PodView,
+    Reports,
+    RunFacts,
+    TokenView,
+    decide,
+)
 from podtask_operator.settings import Settings
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -105,6 +113,9 @@ class RunBuilder:
         self.default_queue: str | None = None
         self.last: Decision | None = None
         self.last_facts: RunFacts | None = None
+        self.children: dict[str, ChildView | None] = {}
+        """Child runs as the controller would gather them (None: deleted)."""
+        self.tokens: dict[str, TokenView | None] = {}
 
     # ------------------------------------------------------------------ setup
 
@@ -175,6 +186,8 @@ class RunBuilder:
             slot_granted=slot,
             operator_started=self.operator_started,
             default_queue=self.default_queue,
+            children=dict(self.children),
+            tokens=dict(self.tokens),
         )
 
     def decide(self, facts: RunFacts) -> Decision:

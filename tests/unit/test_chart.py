@@ -44,6 +44,9 @@ DEFAULT_ENV = {
     "PODTASK_TTL_AFTER_FINISHED": "7d",
     "PODTASK_CANCEL_GRACE_SECONDS": "30",
     "PODTASK_WORKERS": "16",
+    "PODTASK_DEFAULT_QUEUE_LIMIT": "100",
+    "PODTASK_NAMESPACE_CONCURRENCY_LIMIT": "0",
+    "PODTASK_WAIT_CHECKPOINT_THRESHOLD": "10s",
     "PODTASK_CPU_REQUEST_RATIO": "1",
     "PODTASK_MEMORY_REQUEST_RATIO": "1",
 }
@@ -331,6 +334,38 @@ def test_custom_settings(render: Render) -> None:
     assert {p["name"]: p["containerPort"] for p in main["ports"]}["http"] == 9090
 
 
+def test_ports_are_configurable(render: Render) -> None:
+    # Pods on the local process node share 127.0.0.1: two operators need two port pairs.
+    docs = render({"operator": {"healthPort": 18081, "settings": {"apiPort": 18080}}})
+    main = container(docs)
+    assert main["args"][:2] == ["--liveness", "http://0.0.0.0:18081/healthz"]
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
+        "http": 18080,
+        "health": 18081,
+    }
+    assert env_of(docs)["PODTASK_API_PORT"] == "18080"
+
+
+def test_local_cluster_values(render: Render) -> None:
+    # What `make demo` and the Helm cluster test install on the process node: the schema
+    # accepts them, and run pods reach the run API on loopback.
+    from localcluster import demo
+
+    values = demo.local_values(["podtask-demo"], 18080, 18081, heartbeatInterval="5s")
+    docs = render(values)
+    env = env_of(docs)
+    assert env["PODTASK_API_HOST"] == "127.0.0.1"
+    assert env["PODTASK_API_URL"] == "http://127.0.0.1:18080"
+    assert env["PODTASK_HEARTBEAT_INTERVAL"] == "5s"
+    args = container(docs)["args"]
+    assert args[:2] == ["--liveness", "http://0.0.0.0:18081/healthz"]
+    assert args[args.index("--namespace") :] == ["--namespace", "podtask-demo"]
+    assert {r["metadata"]["namespace"] for r in of_kind(docs, "Role")} == {
+        "podtask-demo",
+        NAMESPACE,
+    }
+
+
 def test_every_env_value_is_a_string(render: Render) -> None:
     # The API server rejects a number in an EnvVar value.
     for variable in container(render({"operator": {"settings": {"runAsUser": 1}}}))["env"]:
@@ -401,13 +436,19 @@ def test_namespaced_mode_rbac(render: Render) -> None:
     own = roles[NAMESPACE]["rules"]
     assert allows(own, "", "secrets", "create") and not allows(own, "", "pods", "create")
 
-    # The one ClusterRole only reads: CRDs and PriorityClasses, never namespaces.
+    # The one ClusterRole reads CRDs and creates the queues' PriorityClasses (the dispatcher
+    # creates podtask-<namespace>-<queue> for every queue it admits to, in either mode);
+    # it never touches namespaces and never updates or deletes anything cluster-scoped.
     cluster_rules = one(docs, "ClusterRole")["rules"]
-    assert {v for rule in cluster_rules for v in rule["verbs"]} == {"get", "list", "watch"}
     assert {r for rule in cluster_rules for r in rule["resources"]} == {
         "customresourcedefinitions",
         "priorityclasses",
     }
+    for rule in cluster_rules:
+        if rule["resources"] == ["priorityclasses"]:
+            assert set(rule["verbs"]) == {"get", "list", "watch", "create"}
+        else:
+            assert set(rule["verbs"]) == {"get", "list", "watch"}, rule
     args = container(docs)["args"]
     assert args[args.index("--namespace") :] == [
         "--namespace",
@@ -640,6 +681,7 @@ def test_common_labels(render: Render) -> None:
         ({"rbac": {"mode": "namespaced", "namespaces": ["Team_A"]}}, "/rbac/namespaces/0"),
         ({"priorityClasses": ["system-cluster-critical"]}, "/priorityClasses/0"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"operator": {"healthPort": 0}}, "/operator/healthPort"),
         ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
     ],
 )

@@ -63,6 +63,7 @@ def test_free_form_json_only_where_it_belongs() -> None:
         "TaskRun.spec.metadata",
         "TaskRun.status.output",
         "TaskRun.status.metadata",
+        "TaskRun.status.journal.entries[].output",
         "TaskRun.status.taskSnapshot.payloadSchema",
         "Task.spec.payloadSchema",
         "Schedule.spec.payload",

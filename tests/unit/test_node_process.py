@@ -20,20 +20,25 @@ PY = sys.executable
 
 
 def start(tmp_path: Path, code: str, **env: str) -> Process:
-    return spawn([PY, "-c", code], env={"PATH": os.environ["PATH"], **env}, cwd=tmp_path,
-                 log_path=tmp_path / "c.log", loop=asyncio.get_running_loop())
+    return spawn(
+        [PY, "-c", code],
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=tmp_path,
+        log_path=tmp_path / "c.log",
+        loop=asyncio.get_running_loop(),
+    )
 
 
 async def test_exit_code_and_log(tmp_path: Path) -> None:
-    process = start(tmp_path, "import sys; print('out'); print('err', file=sys.stderr); "
-                              "sys.exit(3)")
+    process = start(
+        tmp_path, "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    )
     assert await asyncio.wait_for(process.exited, 10) == 3
     assert sorted((tmp_path / "c.log").read_text().split()) == ["err", "out"]
 
 
 async def test_env_and_cwd_are_exactly_what_was_given(tmp_path: Path) -> None:
-    process = start(tmp_path, "import os; print(sorted(os.environ)); print(os.getcwd())",
-                    ONLY="1")
+    process = start(tmp_path, "import os; print(sorted(os.environ)); print(os.getcwd())", ONLY="1")
     assert await asyncio.wait_for(process.exited, 10) == 0
     lines = (tmp_path / "c.log").read_text().splitlines()
     assert set(eval(lines[0])) - {"LC_CTYPE"} == {"PATH", "ONLY"}
@@ -44,8 +49,11 @@ async def test_signal_death_is_128_plus_signal(tmp_path: Path) -> None:
     process = start(tmp_path, "import time; time.sleep(60)")
     await asyncio.sleep(0.3)
     assert await asyncio.wait_for(process.stop(grace=5), 10) == 143  # SIGTERM
-    ignores = start(tmp_path, "import signal, time; signal.signal(signal.SIGTERM, "
-                              "signal.SIG_IGN); print('up', flush=True); time.sleep(60)")
+    ignores = start(
+        tmp_path,
+        "import signal, time; signal.signal(signal.SIGTERM, "
+        "signal.SIG_IGN); print('up', flush=True); time.sleep(60)",
+    )
     await _wait_for_text(tmp_path / "c.log", "up")
     began = time.monotonic()
     assert await asyncio.wait_for(ignores.stop(grace=0.5), 10) == 137  # SIGKILL after grace
@@ -54,8 +62,11 @@ async def test_signal_death_is_128_plus_signal(tmp_path: Path) -> None:
 
 async def test_leader_exit_kills_the_whole_session(tmp_path: Path) -> None:
     # The child outlives its parent unless the session is cleaned up, like a PID namespace.
-    process = start(tmp_path, "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
-                              "'import time; time.sleep(60)']); print('spawned', flush=True)")
+    process = start(
+        tmp_path,
+        "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+        "'import time; time.sleep(60)']); print('spawned', flush=True)",
+    )
     assert await asyncio.wait_for(process.exited, 10) == 0
     await _eventually(lambda: not session_members(process.pid))
     assert session_members(process.pid) == []
@@ -78,8 +89,13 @@ async def test_memory_limit_kills_with_oom(tmp_path: Path) -> None:
 
 async def test_missing_executable_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        spawn(["no-such-binary-here"], env={"PATH": str(tmp_path)}, cwd=tmp_path,
-              log_path=tmp_path / "c.log", loop=asyncio.get_running_loop())
+        spawn(
+            ["no-such-binary-here"],
+            env={"PATH": str(tmp_path)},
+            cwd=tmp_path,
+            log_path=tmp_path / "c.log",
+            loop=asyncio.get_running_loop(),
+        )
 
 
 def _has_text(path: Path, text: str) -> bool:
@@ -134,6 +150,7 @@ async def test_log_endpoint(tmp_path: Path) -> None:
         return node_logs.LogTarget(path, split, None, lambda: alive["running"])
 
     async with TestClient(TestServer(node_logs.make_app(locate))) as client:
+
         async def get(query: str) -> tuple[int, str]:
             response = await client.get(f"/containerLogs/ns/p/main{query}")
             return response.status, await response.text()
@@ -155,17 +172,26 @@ async def test_log_endpoint(tmp_path: Path) -> None:
 
 
 def test_which_instance_kubectl_logs_means() -> None:
-    running = {"name": "c", "containerID": "id-2", "state": {"running": {}},
-               "lastState": {"terminated": {"containerID": "id-1", "exitCode": 1}}}
+    running = {
+        "name": "c",
+        "containerID": "id-2",
+        "state": {"running": {}},
+        "lastState": {"terminated": {"containerID": "id-1", "exitCode": 1}},
+    }
     assert _log_container_id(running, "c", "p", previous=False) == "id-2"
     assert _log_container_id(running, "c", "p", previous=True) == "id-1"
-    crash_looping = {"name": "c", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                     "lastState": {"terminated": {"containerID": "id-1", "exitCode": 1}}}
+    crash_looping = {
+        "name": "c",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"containerID": "id-1", "exitCode": 1}},
+    }
     assert _log_container_id(crash_looping, "c", "p", previous=False) == "id-1"
     fresh = {"name": "c", "state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}}
-    with pytest.raises(node_logs.LogError,
-                       match='container "c" in pod "p" is waiting to start: ContainerCreating'):
+    with pytest.raises(
+        node_logs.LogError, match='container "c" in pod "p" is waiting to start: ContainerCreating'
+    ):
         _log_container_id(fresh, "c", "p", previous=False)
-    with pytest.raises(node_logs.LogError,
-                       match='previous terminated container "c" in pod "p" not found'):
+    with pytest.raises(
+        node_logs.LogError, match='previous terminated container "c" in pod "p" not found'
+    ):
         _log_container_id(fresh, "c", "p", previous=True)

@@ -16,8 +16,7 @@ def running() -> Obj:
 
 
 def terminated(code: int, reason: str = "") -> Obj:
-    return {"terminated": {"exitCode": code,
-                           "reason": reason or st.terminated_reason(code, False)}}
+    return {"terminated": {"exitCode": code, "reason": reason or st.terminated_reason(code, False)}}
 
 
 def waiting(reason: str = st.CONTAINER_CREATING) -> Obj:
@@ -73,12 +72,27 @@ def test_terminal_pod_ends_with_terminal_phase_whatever_the_policy() -> None:
 def test_init_containers_phase() -> None:
     two = spec("Never", inits=2)
     assert st.pod_phase(two, [status("i0", running())], [status("c0", waiting())], False) == (
-        "Pending")
-    assert st.pod_phase(two, [status("i0", terminated(0)), status("i1", terminated(1))],
-                        [status("c0", waiting(st.POD_INITIALIZING))], False) == "Failed"
+        "Pending"
+    )
+    assert (
+        st.pod_phase(
+            two,
+            [status("i0", terminated(0)), status("i1", terminated(1))],
+            [status("c0", waiting(st.POD_INITIALIZING))],
+            False,
+        )
+        == "Failed"
+    )
     on_failure = spec("OnFailure", inits=1)
-    assert st.pod_phase(on_failure, [status("i0", terminated(1))],
-                        [status("c0", waiting(st.POD_INITIALIZING))], False) == "Pending"
+    assert (
+        st.pod_phase(
+            on_failure,
+            [status("i0", terminated(1))],
+            [status("c0", waiting(st.POD_INITIALIZING))],
+            False,
+        )
+        == "Pending"
+    )
 
 
 # --- conditions ---------------------------------------------------------------------------
@@ -107,24 +121,39 @@ def test_conditions_while_running_and_after_success() -> None:
 
 
 def test_conditions_while_pending_with_init_containers() -> None:
-    conditions = by_type(st.pod_conditions(
-        spec(inits=2, apps=2),
-        [status("i0", terminated(0), ready=True), status("i1", running())],
-        [status("c0", waiting(st.POD_INITIALIZING)), status("c1", waiting(st.POD_INITIALIZING))],
-        "Pending"))
+    conditions = by_type(
+        st.pod_conditions(
+            spec(inits=2, apps=2),
+            [status("i0", terminated(0), ready=True), status("i1", running())],
+            [
+                status("c0", waiting(st.POD_INITIALIZING)),
+                status("c1", waiting(st.POD_INITIALIZING)),
+            ],
+            "Pending",
+        )
+    )
     assert conditions["Initialized"] == (
-        "False", "ContainersNotInitialized", "containers with incomplete status: [i1]")
+        "False",
+        "ContainersNotInitialized",
+        "containers with incomplete status: [i1]",
+    )
     assert conditions["ContainersReady"] == (
-        "False", "ContainersNotReady", "containers with unready status: [c0 c1]")
+        "False",
+        "ContainersNotReady",
+        "containers with unready status: [c0 c1]",
+    )
     assert conditions["Ready"] == conditions["ContainersReady"]
 
 
 def test_last_transition_time_moves_only_on_flips() -> None:
-    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "2000-01-01T00:00:00Z"},
-           {"type": "PodScheduled", "status": "True",
-            "lastTransitionTime": "2000-01-01T00:00:00Z"}]
-    conditions = {c["type"]: c for c in st.pod_conditions(
-        spec(), [], [status("c0", terminated(0))], "Succeeded", old)}
+    old = [
+        {"type": "Ready", "status": "True", "lastTransitionTime": "2000-01-01T00:00:00Z"},
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2000-01-01T00:00:00Z"},
+    ]
+    conditions = {
+        c["type"]: c
+        for c in st.pod_conditions(spec(), [], [status("c0", terminated(0))], "Succeeded", old)
+    }
     assert conditions["PodScheduled"]["lastTransitionTime"] == "2000-01-01T00:00:00Z"
     assert conditions["Ready"]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
 
@@ -133,31 +162,49 @@ def test_last_transition_time_moves_only_on_flips() -> None:
 
 
 def pod(policy: str = "Never", **extra: Any) -> Obj:
-    return {"metadata": {"name": "p", "namespace": "ns", "uid": "u", "generation": 2},
-            "spec": {"restartPolicy": policy, "containers": [{"name": "main"}], **extra},
-            "status": {"phase": "Pending"}}
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u", "generation": 2},
+        "spec": {"restartPolicy": policy, "containers": [{"name": "main"}], **extra},
+        "status": {"phase": "Pending"},
+    }
 
 
 FACTS = st.PodFacts(host_ip="127.0.0.1", pod_ip="127.0.0.1", start_time="2026-01-01T00:00:00Z")
 
 
 def test_pod_status_patch_shape() -> None:
-    record = st.ContainerRecord(name="main", image="python:3.11", state=running(),
-                                container_id="process://abc",
-                                resources={"limits": {"memory": "64Mi"},
-                                           "requests": {"memory": "64Mi"}})
+    record = st.ContainerRecord(
+        name="main",
+        image="python:3.11",
+        state=running(),
+        container_id="process://abc",
+        resources={"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}},
+    )
     patch = st.pod_status(pod(), [], [record], FACTS)
     assert patch["phase"] == "Running"
     assert (patch["podIP"], patch["hostIP"], patch["startTime"]) == (
-        "127.0.0.1", "127.0.0.1", "2026-01-01T00:00:00Z")
+        "127.0.0.1",
+        "127.0.0.1",
+        "2026-01-01T00:00:00Z",
+    )
     assert patch["podIPs"] == patch["hostIPs"] == [{"ip": "127.0.0.1"}]
     assert patch["observedGeneration"] == 2
     assert "initContainerStatuses" not in patch
-    assert patch["containerStatuses"] == [{
-        "name": "main", "image": "python:3.11", "imageID": "", "state": running(),
-        "lastState": {}, "ready": True, "restartCount": 0, "started": True,
-        "containerID": "process://abc", "resources": record.resources,
-        "allocatedResources": {"memory": "64Mi"}}]
+    assert patch["containerStatuses"] == [
+        {
+            "name": "main",
+            "image": "python:3.11",
+            "imageID": "",
+            "state": running(),
+            "lastState": {},
+            "ready": True,
+            "restartCount": 0,
+            "started": True,
+            "containerID": "process://abc",
+            "resources": record.resources,
+            "allocatedResources": {"memory": "64Mi"},
+        }
+    ]
     for condition in patch["conditions"]:
         # Explicit nulls, so the strategic merge removes a stale reason or message.
         assert "reason" in condition
@@ -167,12 +214,15 @@ def test_pod_status_patch_shape() -> None:
 
 def test_deadline_eviction_overrides_phase() -> None:
     record = st.ContainerRecord(name="main", image="i", state=running())
-    facts = st.PodFacts("127.0.0.1", "127.0.0.1", "t",
-                        evicted=(st.DEADLINE_REASON, st.DEADLINE_MESSAGE))
+    facts = st.PodFacts(
+        "127.0.0.1", "127.0.0.1", "t", evicted=(st.DEADLINE_REASON, st.DEADLINE_MESSAGE)
+    )
     patch = st.pod_status(pod(), [], [record], facts)
     assert (patch["phase"], patch["reason"], patch["message"]) == (
-        "Failed", "DeadlineExceeded",
-        "Pod was active on the node longer than the specified deadline")
+        "Failed",
+        "DeadlineExceeded",
+        "Pod was active on the node longer than the specified deadline",
+    )
 
 
 def test_terminal_phase_never_regresses() -> None:
@@ -186,27 +236,36 @@ def test_init_container_ready_when_completed() -> None:
     record = st.ContainerRecord(name="i", image="i", init=True, state=terminated(0))
     assert record.api()["ready"] is True
     assert record.api()["started"] is False
-    assert st.ContainerRecord(name="i", image="i", init=True, state=running()).api()[
-        "ready"] is False
+    assert (
+        st.ContainerRecord(name="i", image="i", init=True, state=running()).api()["ready"] is False
+    )
 
 
 # --- TerminatePod --------------------------------------------------------------------------------
 
 
 def test_terminate_defaults_marks_unfinished_containers_unknown() -> None:
-    apps = [st.ContainerRecord("a", "i", state=terminated(0)),
-            st.ContainerRecord("b", "i", state=waiting())]
+    apps = [
+        st.ContainerRecord("a", "i", state=terminated(0)),
+        st.ContainerRecord("b", "i", state=waiting()),
+    ]
     st.terminate_defaults([], apps)
     assert apps[0].state == terminated(0)
-    assert apps[1].state == {"terminated": {
-        "exitCode": 137, "reason": "ContainerStatusUnknown",
-        "message": "The container could not be located when the pod was terminated"}}
+    assert apps[1].state == {
+        "terminated": {
+            "exitCode": 137,
+            "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was terminated",
+        }
+    }
 
 
 def test_terminate_defaults_with_uninitialized_pod() -> None:
-    inits = [st.ContainerRecord("i0", "i", init=True, state=terminated(0)),
-             st.ContainerRecord("i1", "i", init=True, state=running()),
-             st.ContainerRecord("i2", "i", init=True, state=waiting(st.POD_INITIALIZING))]
+    inits = [
+        st.ContainerRecord("i0", "i", init=True, state=terminated(0)),
+        st.ContainerRecord("i1", "i", init=True, state=running()),
+        st.ContainerRecord("i2", "i", init=True, state=waiting(st.POD_INITIALIZING)),
+    ]
     apps = [st.ContainerRecord("c", "i", state=waiting(st.POD_INITIALIZING))]
     st.terminate_defaults(inits, apps)
     assert apps[0].state == waiting(st.POD_INITIALIZING)  # never started
@@ -249,12 +308,15 @@ def test_backoff_resets_after_long_run() -> None:
     assert backoff.current("c") == 10
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(10, "10s"), (40, "40s"), (80, "1m20s"),
-                                               (160, "2m40s"), (300, "5m0s"), (3600, "1h0m0s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(10, "10s"), (40, "40s"), (80, "1m20s"), (160, "2m40s"), (300, "5m0s"), (3600, "1h0m0s")],
+)
 def test_go_duration(seconds: float, text: str) -> None:
     assert st.go_duration(seconds) == text
 
 
 def test_crash_loop_message() -> None:
     assert st.crash_loop_message(20, "main", pod()) == (
-        "back-off 20s restarting failed container=main pod=p_ns(u)")
+        "back-off 20s restarting failed container=main pod=p_ns(u)"
+    )

@@ -13,22 +13,35 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from podtask.api.v1alpha1 import RunError, TaskSpec
+from podtask.api.v1alpha1 import Phase, RunError, TaskSpec
 from podtask.protocol import (
+    Checkpoint,
+    ChildResult,
+    CompleteToken,
     Completion,
+    CreateToken,
     Failure,
     Heartbeat,
+    JournalUpdate,
     MetadataUpdate,
     RetryDecision,
     RunContext,
     RunInfo,
+    TokenInfo,
+    TriggerRequest,
+    TriggerResponse,
+    WaitRequest,
+    WaitResponse,
     run_path,
 )
 from podtask_operator.runapi import (
+    RejectedError,
     RunApiMetrics,
     RunFinishedError,
     StaleAttemptError,
+    TokenCompletedError,
     UnknownRunError,
+    UnknownTokenError,
     bound_port,
     create_app,
     start_run_api,
@@ -99,6 +112,33 @@ class FakeBackend:
 
     async def fail(self, namespace: str, name: str, body: Failure) -> None:
         self._record("fail", namespace, name, body)
+
+    async def trigger(self, namespace: str, name: str, body: TriggerRequest) -> TriggerResponse:
+        self._record("trigger", namespace, name, body)
+        return TriggerResponse(
+            runs=[f"{name}-a1p{body.position}-{i}" for i in range(len(body.runs))]
+        )
+
+    async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
+        self._record("wait", namespace, name, body)
+        results = [
+            ChildResult(name=child, task="t", ok=True, phase=Phase.COMPLETED, output=None)
+            for child in body.waiting_for.runs
+        ]
+        return WaitResponse(resolved=True, runs=results)
+
+    async def checkpoint(self, namespace: str, name: str, body: Checkpoint) -> None:
+        self._record("checkpoint", namespace, name, body)
+
+    async def journal(self, namespace: str, name: str, body: JournalUpdate) -> None:
+        self._record("journal", namespace, name, body)
+
+    async def create_token(self, namespace: str, name: str, body: CreateToken) -> TokenInfo:
+        self._record("token", namespace, name, body)
+        return TokenInfo(name=f"{name}-token")
+
+    async def complete_token(self, namespace: str, name: str, body: CompleteToken) -> None:
+        self._record("complete_token", namespace, name, body)
 
 
 @dataclass
@@ -324,7 +364,7 @@ async def test_name_that_cannot_exist_is_404_before_auth(api: Harness) -> None:
 
 
 async def test_unknown_endpoint_and_method_are_json(api: Harness) -> None:
-    response = await api.call("wait", body={"attempt": 1})
+    response = await api.call("sleep", body={"attempt": 1})
     await assert_error(response, 404, "NotFound")
     response = await api.client.get(run_path(NS, RUN, "heartbeat"))
     await assert_error(response, 405, "MethodNotAllowed")
@@ -584,3 +624,85 @@ async def test_start_run_api_on_a_free_port() -> None:
             assert response.status == 200
             assert await response.json() == {"ok": True}
     assert backend.calls == [("complete", NS, RUN, Completion(attempt=1, output=42))]
+
+
+# --- waits and child runs -------------------------------------------------------------------
+
+WAIT_BODIES: dict[str, dict[str, Any]] = {
+    "trigger": {"attempt": 1, "position": 2, "runs": [{"spec": {"task": "child", "payload": 1}}]},
+    "wait": {"attempt": 1, "waitingFor": {"kind": "Run", "runs": ["c-0"]}, "blockSeconds": 5},
+    "checkpoint": {
+        "attempt": 1,
+        "waitingFor": {"kind": "Duration", "until": "2026-01-01T00:00:00Z"},
+        "journal": [{"kind": "Duration", "until": "2026-01-01T00:00:00Z"}],
+    },
+    "journal": {"attempt": 1, "journal": [{"kind": "Step", "name": "s", "output": None}]},
+    "token": {"attempt": 1, "position": 0, "timeout": "1h", "tags": ["a"]},
+    "complete_token": {"attempt": 1, "token": "t-1", "output": {"ok": None}},
+}
+
+
+async def test_trigger_creates_children_and_names_them(api: Harness) -> None:
+    response = await api.call("trigger", body=WAIT_BODIES["trigger"])
+    assert response.status == 200, await response.text()
+    assert await response.json() == {"runs": [f"{RUN}-a1p2-0"]}
+    [(action, _, _, body)] = api.backend.calls
+    assert action == "trigger" and body.runs[0].spec.task == "child"
+    assert api.count("trigger", 200) == 1
+
+
+async def test_wait_answers_the_results(api: Harness) -> None:
+    response = await api.call("wait", body=WAIT_BODIES["wait"])
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    # A null output is left out on the wire and reads back as None.
+    assert answer == {
+        "resolved": True,
+        "checkpointNow": False,
+        "runs": [{"name": "c-0", "task": "t", "ok": True, "phase": "Completed"}],
+    }
+    [(_, _, _, body)] = api.backend.calls
+    assert body.block_seconds == 5 and body.waiting_for.runs == ["c-0"]
+
+
+@pytest.mark.parametrize("action", ["checkpoint", "journal", "complete_token"])
+async def test_wait_routes_answer_ok(api: Harness, action: str) -> None:
+    response = await api.call(action, body=WAIT_BODIES[action])
+    assert response.status == 200, await response.text()
+    assert await response.json() == {"ok": True}
+    assert [call[0] for call in api.backend.calls] == [action]
+
+
+async def test_token_route_answers_the_tokens_name(api: Harness) -> None:
+    response = await api.call("token", body=WAIT_BODIES["token"])
+    assert await response.json() == {"name": f"{RUN}-token"}
+
+
+@pytest.mark.parametrize("action", sorted(WAIT_BODIES))
+async def test_wait_routes_refuse_another_runs_token(api: Harness, action: str) -> None:
+    response = await api.call(action, body=WAIT_BODIES[action], token=OTHER_TOKEN)
+    await assert_error(response, 403, "Forbidden")
+    assert api.backend.calls == []
+
+
+async def test_an_oversized_journal_is_refused_naming_the_field(api: Harness) -> None:
+    big = {"kind": "Step", "name": "s", "output": "x" * (300 * 1024)}
+    response = await api.call("journal", body={"attempt": 1, "journal": [big]})
+    message = await assert_error(response, 422, "InvalidRequest")
+    assert "journal" in message and "262144" in message
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "error_type"),
+    [
+        (UnknownTokenError("no token"), 404, "UnknownToken"),
+        (TokenCompletedError("done before"), 409, "TokenCompleted"),
+        (RejectedError("bad child"), 422, "InvalidRequest"),
+    ],
+)
+async def test_wait_errors_map_to_statuses(
+    api: Harness, error: Exception, status: int, error_type: str
+) -> None:
+    api.backend.raises["complete_token"] = error
+    response = await api.call("complete_token", body=WAIT_BODIES["complete_token"])
+    assert await assert_error(response, status, error_type) == str(error)

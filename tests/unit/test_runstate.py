@@ -344,14 +344,6 @@ def test_metadata_keys_removed_by_the_task_disappear_from_the_status() -> None:
     assert run.status["metadata"] == {"progress": 1, "nested": {}}
 
 
-def test_waiting_runs_are_looked_at_again_later() -> None:
-    run = RunBuilder().executing()
-    run.run["status"]["phase"] = "Waiting"
-    decision = run.advance(1).step()
-    assert run.phase == "Waiting"
-    assert decision.status_patch == {} and decision.requeue_after == pytest.approx(30)
-
-
 # --------------------------------------------------------------------------- outcomes
 
 

@@ -26,6 +26,7 @@ _UNIT_SECONDS = {
 _PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
 _PART_RE = re.compile(_PART)
+MAX_DURATION_SECONDS = 1000 * 365.25 * 86400
 _DURATION_RE = re.compile(DURATION_PATTERN)
 
 
@@ -41,6 +42,10 @@ def parse_duration(text: str) -> timedelta:
             'e.g. "90s", "10m", "1h30m"'
         )
     seconds = sum(float(value) * _UNIT_SECONDS[unit] for value, unit in _PART_RE.findall(text))
+    # Longer durations overflow dates and timers wherever they are added to "now"; refusing
+    # them here (a ValueError) makes validation report them instead of crashing a caller.
+    if not seconds <= MAX_DURATION_SECONDS:
+        raise DurationError(f"{text!r} is longer than the longest duration, 1000 years")
     return timedelta(seconds=seconds)
 
 

@@ -47,19 +47,22 @@ whole TaskRun must stay well under etcd's 1.5 MiB request limit."""
 MAX_METADATA_BYTES = 256 * 1024
 """Trigger.dev's TASK_RUN_METADATA_MAXIMUM_SIZE."""
 MIN_MAX_DURATION_SECONDS = 5
+MAX_BATCH_WAIT_RUNS = 1000
+"""Children one batch_trigger_and_wait may create (Trigger.dev's batch v2 limit)."""
 
 Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH)]
 QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 
 
-def _json_size(value: Any) -> int:
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON (how size limits are measured)."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _limit_size(limit: int, what: str) -> AfterValidator:
     def check(value: Any) -> Any:
-        if value is not None and (size := _json_size(value)) > limit:
+        if value is not None and (size := json_size(value)) > limit:
             raise ValueError(f"{what} is {size} bytes as JSON; the limit is {limit} bytes")
         return value
 
@@ -436,15 +439,57 @@ class RunError(StatusModel):
     stack: str | None = Field(default=None, description="Stack trace excerpt.")
 
 
+WaitKind = Literal["Duration", "Token", "Run", "Batch"]
+
+
 class WaitingFor(StatusModel):
     """What a Waiting run waits for."""
 
-    kind: Literal["Duration", "Token", "Run", "Batch"] = Field(
-        description="Duration, Token, Run or Batch."
-    )
+    kind: WaitKind = Field(description="Duration, Token, Run or Batch.")
     until: datetime | None = Field(default=None, description="Resume time of a timed wait.")
     token: str | None = Field(default=None, description="WaitToken name.")
     runs: list[str] = Field(default_factory=list, description="Child runs waited on.")
+    since: datetime | None = Field(default=None, description="When the wait began.")
+    position: int | None = Field(
+        default=None, ge=0, description="The wait's position in the run's journal."
+    )
+
+
+JournalKind = Literal["Run", "Batch", "Trigger", "Duration", "CreateToken", "Token", "Step"]
+
+MAX_JOURNAL_BYTES = 256 * 1024
+"""Largest journal, as JSON: it lives in the TaskRun's status, next to the payload,
+output and metadata, and the whole object must stay under etcd's 1.5 MiB."""
+MAX_JOURNAL_ENTRIES = 10_000
+
+
+class JournalEntry(StatusModel):
+    """One thing the function did that a replay must not do again; its index is its key."""
+
+    # Child outputs are not copied here (a replay reads them from the children); step
+    # outputs are, as steps have nowhere else to live.
+
+    kind: JournalKind = Field(
+        description="Run, Batch or Trigger (child runs), Duration, CreateToken, Token or Step."
+    )
+    name: str | None = Field(
+        default=None,
+        description="What was called: the child's task id, or the step's key. A replay that "
+        "reaches a different call at this position fails instead of guessing.",
+    )
+    runs: list[str] | None = Field(default=None, description="Child runs created here.")
+    until: datetime | None = Field(default=None, description="End of a Duration wait.")
+    token: str | None = Field(default=None, description="WaitToken created or waited on.")
+    output: FreeJSON = Field(default=None, description="A Step's result.")
+
+
+class Journal(StatusModel):
+    """What the current attempt's function has done so far, for checkpoint by replay."""
+
+    attempt: int = Field(ge=1, description="The attempt the entries belong to.")
+    entries: list[JournalEntry] = Field(
+        default_factory=list, description="Entries in the order the function reached them."
+    )
 
 
 class TaskRunStatus(StatusModel):
@@ -467,6 +512,11 @@ class TaskRunStatus(StatusModel):
         default=None, description="The Task's spec when the run started; later edits don't apply."
     )
     waiting_for: WaitingFor | None = Field(default=None, description="What the run waits for.")
+    journal: Journal | None = Field(
+        default=None,
+        description="Children, waits, tokens and steps of the current attempt, replayed "
+        "when the run resumes after a checkpoint.",
+    )
     created_at: datetime | None = Field(default=None, description="When the run was created.")
     queued_at: datetime | None = Field(default=None, description="When the run joined its queue.")
     started_at: datetime | None = Field(default=None, description="When the first pod started.")
