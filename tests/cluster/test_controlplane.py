@@ -89,18 +89,27 @@ def test_crds_install_and_are_established(crds: list[str], kube_api: ApiClient) 
 
 
 def taskrun(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TaskRun",
-            "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TaskRun",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def test_valid_taskrun_at_the_limits_is_accepted(
     crds: list[str], kube_api: ApiClient, namespace: str
 ) -> None:
     # The counterpart of the rejections below: each limit is hit exactly.
-    spec = {"task": "demo.hello", "tags": [f"t{i}" for i in range(10)],
-            "machine": "large-2x", "delay": "1m30s"}
+    spec = {
+        "task": "demo.hello",
+        "tags": [f"t{i}" for i in range(10)],
+        "machine": "large-2x",
+        "delay": "1m30s",
+    }
     created: Any = client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, taskrun("ok", spec))
+        GROUP, VERSION, namespace, PLURAL, taskrun("ok", spec)
+    )
     assert created["spec"]["task"] == "demo.hello"
 
 
@@ -108,21 +117,38 @@ def test_valid_taskrun_at_the_limits_is_accepted(
     ("spec", "field", "reason"),
     [
         pytest.param({"payload": {"x": 1}}, "spec.task", "Required value", id="missing-task"),
-        pytest.param({"task": "demo.hello", "tags": [f"t{i}" for i in range(11)]},
-                     "spec.tags", "must have at most 10 items", id="eleven-tags"),
-        pytest.param({"task": "demo.hello", "machine": "huge"},
-                     "spec.machine", "Unsupported value", id="unknown-machine"),
-        pytest.param({"task": "demo.hello", "delay": "soon"},
-                     "spec.delay", "should match", id="delay-not-a-duration"),
+        pytest.param(
+            {"task": "demo.hello", "tags": [f"t{i}" for i in range(11)]},
+            "spec.tags",
+            "must have at most 10 items",
+            id="eleven-tags",
+        ),
+        pytest.param(
+            {"task": "demo.hello", "machine": "huge"},
+            "spec.machine",
+            "Unsupported value",
+            id="unknown-machine",
+        ),
+        pytest.param(
+            {"task": "demo.hello", "delay": "soon"},
+            "spec.delay",
+            "should match",
+            id="delay-not-a-duration",
+        ),
     ],
 )
 def test_bad_taskrun_is_rejected_naming_the_field(
-    crds: list[str], kube_api: ApiClient, namespace: str,
-    spec: dict[str, Any], field: str, reason: str,
+    crds: list[str],
+    kube_api: ApiClient,
+    namespace: str,
+    spec: dict[str, Any],
+    field: str,
+    reason: str,
 ) -> None:
     with pytest.raises(ApiException) as caught:
         client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, taskrun("bad", spec))
+            GROUP, VERSION, namespace, PLURAL, taskrun("bad", spec)
+        )
     assert caught.value.status == 422
     message = json.loads(str(caught.value.body))["message"]
     assert field in message, message
@@ -136,13 +162,23 @@ def test_resource_quota_rejects_then_admits_after_release(
     kube_api: ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube_api)
-    core.create_namespaced_resource_quota(namespace, client.V1ResourceQuota(
-        metadata=client.V1ObjectMeta(name="one-pod"),
-        spec=client.V1ResourceQuotaSpec(hard={"pods": "1"}),
-    ))
+    core.create_namespaced_resource_quota(
+        namespace,
+        client.V1ResourceQuota(
+            metadata=client.V1ObjectMeta(name="one-pod"),
+            spec=client.V1ResourceQuotaSpec(hard={"pods": "1"}),
+        ),
+    )
     # Quota admission refuses everything until the controller has computed usage.
-    wait_for("quota status", lambda: ((core.read_namespaced_resource_quota(
-        "one-pod", namespace).to_dict()["status"] or {}).get("hard") or {}).get("pods"))
+    wait_for(
+        "quota status",
+        lambda: (
+            (
+                core.read_namespaced_resource_quota("one-pod", namespace).to_dict()["status"] or {}
+            ).get("hard")
+            or {}
+        ).get("pods"),
+    )
 
     core.create_namespaced_pod(namespace, pod("first", "import time; time.sleep(3)"))
     with pytest.raises(ApiException) as caught:
@@ -167,11 +203,15 @@ def test_resource_quota_rejects_then_admits_after_release(
 
 def test_job_runs_to_completion(kube_api: ApiClient, namespace: str) -> None:
     batch, core = client.BatchV1Api(kube_api), client.CoreV1Api(kube_api)
-    batch.create_namespaced_job(namespace, client.V1Job(
-        metadata=client.V1ObjectMeta(name="answer"),
-        spec=client.V1JobSpec(
-            backoff_limit=0, template=client.V1PodTemplateSpec(spec=pod_spec("print(42)"))),
-    ))
+    batch.create_namespaced_job(
+        namespace,
+        client.V1Job(
+            metadata=client.V1ObjectMeta(name="answer"),
+            spec=client.V1JobSpec(
+                backoff_limit=0, template=client.V1PodTemplateSpec(spec=pod_spec("print(42)"))
+            ),
+        ),
+    )
 
     def complete() -> bool:
         job = batch.read_namespaced_job("answer", namespace)
@@ -180,8 +220,12 @@ def test_job_runs_to_completion(kube_api: ApiClient, namespace: str) -> None:
         return state.get("Complete") == "True" and job.to_dict()["status"]["succeeded"] == 1
 
     wait_for("the Job to complete", complete, timeout=120)
-    pods = [p.to_dict() for p in core.list_namespaced_pod(
-        namespace, label_selector="batch.kubernetes.io/job-name=answer").items]
+    pods = [
+        p.to_dict()
+        for p in core.list_namespaced_pod(
+            namespace, label_selector="batch.kubernetes.io/job-name=answer"
+        ).items
+    ]
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
     terminated = pods[0]["status"]["container_statuses"][0]["state"]["terminated"]
     assert terminated["exit_code"] == 0
@@ -189,19 +233,21 @@ def test_job_runs_to_completion(kube_api: ApiClient, namespace: str) -> None:
     assert core.read_namespaced_pod_log(pods[0]["metadata"]["name"], namespace) == "42\n"
 
 
-def test_deleting_an_owner_garbage_collects_its_pods(
-    kube_api: ApiClient, namespace: str
-) -> None:
+def test_deleting_an_owner_garbage_collects_its_pods(kube_api: ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(kube_api)
     owner = core.create_namespaced_config_map(
-        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
-    ref = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner",
-                                  uid=owner.to_dict()["metadata"]["uid"])
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    ref = client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.to_dict()["metadata"]["uid"]
+    )
     for name in ("owned-a", "owned-b"):
         core.create_namespaced_pod(namespace, pod(name, "import time; time.sleep(300)", ref))
     core.create_namespaced_pod(namespace, pod("bystander", "import time; time.sleep(300)"))
-    wait_for("owned pods to run", lambda: all(
-        pod_phase(core, namespace, n) == "Running" for n in ("owned-a", "owned-b")))
+    wait_for(
+        "owned pods to run",
+        lambda: all(pod_phase(core, namespace, n) == "Running" for n in ("owned-a", "owned-b")),
+    )
 
     core.delete_namespaced_config_map("owner", namespace, propagation_policy="Background")
 
@@ -221,8 +267,7 @@ def test_racing_lease_creates_get_one_201_and_one_409(
     kube_cluster: KubeCluster, namespace: str
 ) -> None:
     with contextlib.ExitStack() as stack:
-        clients = [stack.enter_context(new_api_client(kube_cluster.kubeconfig))
-                   for _ in range(2)]
+        clients = [stack.enter_context(new_api_client(kube_cluster.kubeconfig)) for _ in range(2)]
         for round_ in range(5):
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=f"leader-{round_}"),
@@ -230,13 +275,15 @@ def test_racing_lease_creates_get_one_201_and_one_409(
             )
             barrier = threading.Barrier(len(clients))
 
-            def create(api: ApiClient, body: client.V1Lease = body,
-                       barrier: threading.Barrier = barrier) -> int:
+            def create(
+                api: ApiClient, body: client.V1Lease = body, barrier: threading.Barrier = barrier
+            ) -> int:
                 coordination = client.CoordinationV1Api(api)
                 barrier.wait()
                 try:
                     _, status, _ = coordination.create_namespaced_lease_with_http_info(
-                        namespace, body)
+                        namespace, body
+                    )
                 except ApiException as error:
                     return int(error.status)
                 return int(status)
@@ -250,7 +297,10 @@ def test_kubectl_reports_the_pinned_server_version(kubeconfig: Path) -> None:
     kubectl = tools.install(names=["kubectl"])["kubectl"]
     out = subprocess.run(
         [str(kubectl), "version", "-o", "json", "--kubeconfig", str(kubeconfig)],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     server = json.loads(out.stdout)["serverVersion"]["gitVersion"]
     assert server == read_versions()["KUBERNETES_VERSION"] == "v1.37.2"
