@@ -11,7 +11,7 @@ INSTALL_STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST := $(BIN)/pytest
 export GOTOOLCHAIN := local
 
-.PHONY: help install lint test test-unit test-cluster crds crds-check demo bench chaos e2e \
+.PHONY: help install lint test test-unit test-cluster crds crds-check demo bench chaos e2e images \
         cluster-build cluster-up cluster-down cluster-gomod clean
 
 help: ## List the targets
@@ -75,6 +75,12 @@ chaos: cluster-build ## Chaos suite
 # skipped with the reason where no Docker engine answers.
 e2e: install ## kind + Helm end-to-end (needs a Docker engine)
 	$(PYTEST) tests/e2e -q -m e2e
+
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images: ## Build the runner and operator images (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make images needs a Docker engine (docker info failed)"; exit 1; }
+	docker build -f runner-image/Dockerfile -t ghcr.io/podtask/runner:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t ghcr.io/podtask/operator:$(IMAGE_TAG) .
 
 clean: cluster-down ## Remove the virtualenv and local cluster state
 	rm -rf $(VENV) .localcluster .mypy_cache .ruff_cache .pytest_cache
