@@ -501,7 +501,7 @@ def _start_attempt(run: _Run) -> None:
     machine = status.machine or status.task_snapshot.machine
     status.attempt = number
     status.next_attempt_at = None
-    attempt = Attempt(number=number, pod=pod, machine=machine)
+    attempt = Attempt(number=number, pod=pod, machine=machine, dequeued_at=run.now)
     status.attempts.append(attempt)
     max_duration = _remaining_max_duration(run, number)
     if max_duration is not None and max_duration <= 0:

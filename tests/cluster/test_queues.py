@@ -225,10 +225,13 @@ def test_rate_limit_spaces_starts(
     )
     names = [create_run(kube_api, namespace, "rated.hello", {"name": str(i)}) for i in range(6)]
     runs = [wait_final(kube_api, namespace, n, timeout=120) for n in names]
-    starts = sorted(_time(r["status"]["attempts"][0]["startedAt"]) for r in runs)
-    # At most 2 per 4 s: any three starts span at least the period.
+    # The limit is on admissions (a run "starts" when its slot and pod are granted); when
+    # the runner process then comes up varies with the machine's load.
+    starts = sorted(_time(r["status"]["attempts"][0]["dequeuedAt"]) for r in runs)
+    # At most 2 per 4 s: any three admissions span at least the period (less clock slack
+    # between the dispatcher's monotonic clock and the recorded wall-clock time).
     for first, third in zip(starts, starts[2:], strict=False):
-        assert (third - first).total_seconds() >= 4 - 0.5, starts
+        assert (third - first).total_seconds() >= 4 - 0.2, starts
 
 
 def test_higher_priority_starts_first(

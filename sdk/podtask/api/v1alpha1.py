@@ -406,6 +406,9 @@ class Attempt(StatusModel):
     number: int = Field(ge=1, description="Attempt number, from 1.")
     pod: str = Field(description="Name of the attempt's pod.")
     machine: str | None = Field(default=None, description="Machine preset the pod ran on.")
+    dequeued_at: datetime | None = Field(
+        default=None, description="When the attempt was admitted to its queue (pod creation)."
+    )
     started_at: datetime | None = Field(default=None, description="When the pod started.")
     finished_at: datetime | None = Field(default=None, description="When the attempt ended.")
     exit_code: int | None = Field(default=None, description="The container's exit code.")
