@@ -98,7 +98,13 @@ def test_a_granted_slot_dequeues_attempt_one_and_plans_its_pod() -> None:
     assert run.phase == "Dequeued"
     assert run.status["attempt"] == 1
     assert run.attempts == [
-        {"number": 1, "pod": f"{RUN}-1", "machine": "small-1x", "counted": True}
+        {
+            "number": 1,
+            "pod": f"{RUN}-1",
+            "machine": "small-1x",
+            "dequeuedAt": iso(run.now),
+            "counted": True,
+        }
     ]
     plan = decision.create_pod
     assert plan == runstate.PodPlan(
