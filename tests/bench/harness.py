@@ -69,7 +69,9 @@ FINAL = {"Completed", "Failed", "Canceled", "Crashed", "SystemFailure", "Expired
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # Writes attributed to each controller by resource (the metrics carry no user): what
 # the operator / the Job controller write for a run, as opposed to the client's create,
-# the scheduler's binding and Event, and the node's status patches.
+# the scheduler's binding and Event, and the node's status patches. Only successful
+# requests: the node's redundant final DELETE of a pod the controller's grace-0 DELETE
+# already removed answers 404, as kubelet's does.
 CONTROLLER_WRITES = {
     "podtask": {
         "podtask.dev/taskruns/status PATCH",

@@ -309,16 +309,19 @@ def parse_request_totals(text: str) -> dict[MetricKey, float]:
 
 
 def write_deltas(before: dict[MetricKey, float], after: dict[MetricKey, float]) -> dict[str, float]:
-    """Write requests between two scrapes, by ``resource[/subresource] VERB``."""
+    """Write requests between two scrapes, by ``resource[/subresource] VERB``, with the
+    answer's code appended when it was not a success (``pods DELETE (404)``)."""
     deltas: dict[str, float] = {}
     for key, value in after.items():
-        verb, group, resource, sub, _code = key
+        verb, group, resource, sub, code = key
         if verb not in WRITE_VERBS or not resource:
             continue
         delta = value - before.get(key, 0.0)
         if delta <= 0:
             continue
         name = f"{group + '/' if group else ''}{resource}{'/' + sub if sub else ''} {verb}"
+        if not code.startswith("2"):
+            name += f" ({code})"
         deltas[name] = deltas.get(name, 0.0) + delta
     return deltas
 
