@@ -504,10 +504,6 @@ class Controller:
             if pod is not None and PodView.from_pod(pod).terminal:
                 grace = 0
             await self.kube.delete(k.pods_path(namespace, pod_name), grace_seconds=grace)
-            if grace == 0:
-                # Gone at once; until its DELETED event arrives, a reconcile must not
-                # see it and delete it again (one wasted API write per run).
-                self.pods[key].pop(pod_name, None)
         for child in decision.cancel_runs:
             try:
                 await self.kube.merge_patch(
@@ -548,10 +544,12 @@ class Controller:
             created = await self.kube.create(k.pods_path(namespace), pod)
         except ApiError as error:
             self.metrics.api_errors.labels("create", str(error.status)).inc()
-            if error.status == 409:
+            if error.status == 409 and error.reason == "AlreadyExists":
                 return True  # created before a restart: the deterministic name makes it one pod
-            if error.is_quota:
-                # The API server's own ceiling: try later, never fail the run.
+            if error.status == 409 or error.is_quota:
+                # 403: the queue's ResourceQuota, the API server's own ceiling. 409 Conflict:
+                # its quota admission lost a race updating that quota, and made no pod.
+                # Either way: try later, never fail the run.
                 self.queue.add_after(key, QUOTA_RETRY_SECONDS)
                 return False
             raise

@@ -342,6 +342,7 @@ class Timeline:
     created: dict[str, float] = field(default_factory=dict)
     first_pod: dict[str, float] = field(default_factory=dict)
     pod_stopped: dict[str, float] = field(default_factory=dict)
+    pod_deleted: dict[str, float] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
     outcome: dict[str, str] = field(default_factory=dict)
     pod_uids: dict[str, set[str]] = field(default_factory=dict)
@@ -369,6 +370,8 @@ class Timeline:
         phase = (pod.get("status") or {}).get("phase")
         if kind == "DELETED" or phase in ("Succeeded", "Failed"):
             self.pod_stopped.setdefault(owner, t)
+        if kind == "DELETED":
+            self.pod_deleted.setdefault(owner, t)
         if self.flavour == "raw" and phase in ("Succeeded", "Failed"):
             self.done.setdefault(owner, t)
             self.outcome.setdefault(owner, str(phase))
@@ -632,6 +635,15 @@ class Bench:
                     f"{cfg.runs} {flavour} to complete",
                 )
                 end = max(timeline.done.values())
+                if flavour == "podtask":
+                    # The operator's clean-up (pod deleted, slot released) is part of what a
+                    # run costs: count its writes and CPU too, however late it comes.
+                    await wait_until(
+                        lambda: len(timeline.pod_deleted) >= cfg.runs,
+                        cfg.phase_timeout,
+                        f"the {cfg.runs} pods to be deleted",
+                    )
+                    await asyncio.sleep(1.0)
                 after = parse_request_totals(await self.kube.metrics_text())
                 cpu_after = cpu_by_component(self.state_dir)
                 op_after = usage_of(operator.pid) if operator else None

@@ -457,10 +457,11 @@ def write_bench(result: BenchResult, doc: Path = DOC, img_dir: Path = IMG) -> No
 
 
 def _rounded(value: Any) -> Any:
+    """Summary numbers only: the per-run samples behind the plots stay out of the file."""
     if isinstance(value, float):
         return round(value, 3)
     if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
+        return {k: _rounded(v) for k, v in value.items() if k not in ("samples_ms", "completions")}
     if isinstance(value, list | tuple):
         return [_rounded(v) for v in value]
     return value
