@@ -17,9 +17,13 @@ an update, never a twin)::
     )
 
 Both become Schedule resources, so GitOps tools can own them just as well.
-Functions talking to Kubernetes use the official client (kubeconfig or in-cluster
-credentials) or the ``api`` client given; it is imported on first use, so a run
-pod that only imports a scheduled task does not load it.
+Functions talking to Kubernetes take ``namespace`` (default: the current run's, else
+the kubeconfig context's, else ``default``) and either ``client``, a
+:class:`podtask.Client` (errors are podtask's: :class:`ScheduleNotFoundError`,
+:class:`~podtask.errors.ClusterUnreachableError`...), or ``api``, an official
+``kubernetes`` ``ApiClient`` (errors are its ``ApiException``); with neither, the
+official client from the kubeconfig or in-cluster credentials.  It is imported on
+first use, so a run pod that only imports a scheduled task does not load it.
 """
 
 from __future__ import annotations
@@ -27,15 +31,26 @@ from __future__ import annotations
 import builtins
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NoReturn,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    Unpack,
+    cast,
+)
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
 
-from podtask.api.base import GROUP, ObjectMeta
+from podtask.api.base import DNS_SUBDOMAIN_PATTERN, GROUP, ObjectMeta
 from podtask.api.machines import MachineName
 from podtask.api.v1alpha1 import (
     VERSION,
@@ -43,14 +58,18 @@ from podtask.api.v1alpha1 import (
     MissedRunPolicy,
     Schedule,
     ScheduleSpec,
+    validate_cron,
 )
-from podtask.errors import InvalidTaskDefinitionError
+from podtask.errors import InvalidTaskDefinitionError, KubernetesApiError
 from podtask.tasks import DurationOption, RetryOption, Task, TaskHooks, schema_task
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, CustomObjectsApi
 
+    from podtask.client import Client
+
 __all__ = [
+    "ScheduleNotFoundError",
     "ScheduledPayload",
     "activate",
     "create",
@@ -80,6 +99,7 @@ SCHEDULED_TIME_ANNOTATION = "podtask.dev/scheduled-time"
 EXTERNAL_ID_ANNOTATION = "podtask.dev/external-id"
 
 _MAX_LABEL = 63
+_MAX_NAME = 253
 _LABEL_OK = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _NAME_UNSAFE = re.compile(r"[^a-z0-9-]+")
@@ -220,22 +240,152 @@ def declared(namespace: str | None = None) -> builtins.list[Schedule]:
 # --------------------------------------------------------------------------- imperative
 
 
-def _custom(api: ApiClient | None) -> CustomObjectsApi:
-    from kubernetes import client
+class ScheduleNotFoundError(KubernetesApiError, LookupError):
+    """No Schedule with that name in the namespace."""
 
-    from podtask.runs import default_api_client
+    error_type = "ScheduleNotFound"
 
-    return client.CustomObjectsApi(api or default_api_client())
+    def __init__(self, message: str, name: str = "", namespace: str = "") -> None:
+        super().__init__(message, 404, "NotFound")
+        self.name = name
+        self.namespace = namespace
+
+
+class _Objects(Protocol):
+    """The calls on custom objects these functions make: a part of the SDK's backend."""
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list(
+        self,
+        plural: str,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str]: ...
+
+    def delete(self, plural: str, namespace: str, name: str, uid: str | None = None) -> None: ...
+
+    def patch(
+        self, plural: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    def replace(
+        self, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+
+class _OfficialClient:
+    """The official client's calls as they are: its ``ApiException`` passes through
+    unchanged (the ``api=`` form, as it always behaved)."""
+
+    def __init__(self, api: ApiClient | None) -> None:
+        from kubernetes import client
+
+        from podtask.runs import default_api_client
+
+        self.custom: CustomObjectsApi = client.CustomObjectsApi(api or default_api_client())
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, body
+        )
+        return cast(dict[str, Any], created)
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        found = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        return cast(dict[str, Any], found)
+
+    def list(
+        self,
+        plural: str,
+        namespace: str | None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        if namespace is None:
+            body = self.custom.list_cluster_custom_object(
+                GROUP,
+                VERSION,
+                plural,
+                label_selector=label_selector,
+                field_selector=field_selector,
+            )
+        else:
+            body = self.custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                label_selector=label_selector,
+                field_selector=field_selector,
+            )
+        page = cast(dict[str, Any], body)
+        version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        return builtins.list(page.get("items") or []), version
+
+    def delete(self, plural: str, namespace: str, name: str, uid: str | None = None) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+    def patch(
+        self, plural: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        patched = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, patch
+        )
+        return cast(dict[str, Any], patched)
+
+    def replace(
+        self, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        replaced = self.custom.replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, body
+        )
+        return cast(dict[str, Any], replaced)
+
+
+def _target(
+    namespace: str | None, api: ApiClient | None, client: Client | None
+) -> tuple[_Objects, str]:
+    """Where the calls go, and the namespace: the one given, else the client's (the
+    current run's, else the kubeconfig context's, else ``default``)."""
+    from podtask.client import client_for
+
+    if client is not None:
+        return client.backend, namespace or client.namespace
+    return _OfficialClient(api), namespace or client_for(api).namespace
 
 
 def _status(error: Exception) -> int | None:
     return getattr(error, "status", None)
 
 
+def _missing(error: Exception, name: str, namespace: str) -> NoReturn:
+    """Raise ``error``; a 404 of the podtask client as :class:`ScheduleNotFoundError`."""
+    if isinstance(error, KubernetesApiError) and error.status == 404:
+        raise ScheduleNotFoundError(
+            f"no schedule {name!r} in namespace {namespace!r}", name, namespace
+        ) from None
+    raise error
+
+
 def _errors(error: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {_message(e)}" for e in error.errors()
     )
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "string_pattern_mismatch" and error["loc"] == ("cron",):
+        try:  # say what is wrong with it rather than quote the pattern
+            validate_cron(str(error["input"]))
+        except ValueError as wrong:
+            return str(wrong)
+    return error["msg"].removeprefix("Value error, ")
 
 
 def _spec(**fields: Any) -> ScheduleSpec:
@@ -245,26 +395,87 @@ def _spec(**fields: Any) -> ScheduleSpec:
         raise ValueError(f"invalid schedule: {_errors(error)}") from error
 
 
+def _check_name(name: str) -> str:
+    if len(name) > _MAX_NAME or not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name):
+        raise ValueError(
+            f"invalid schedule name {name!r}: use lower case letters, digits, '-' and '.', "
+            f"starting and ending with a letter or digit, at most {_MAX_NAME} characters"
+        )
+    return name
+
+
 def create(
     task: str | Task[..., Any],
     cron: str,
-    deduplication_key: str,
+    deduplication_key: str | None = None,
     timezone: str = "UTC",
     external_id: str | None = None,
     payload: dict[str, Any] | None = None,
-    namespace: str = "default",
+    namespace: str | None = None,
     *,
+    name: str | None = None,
     suspend: bool = False,
     concurrency_policy: ConcurrencyPolicy | str | None = None,
     missed_run_policy: MissedRunPolicy | str | None = None,
     starting_deadline_seconds: int | None = None,
+    successful_runs_history_limit: int | None = None,
+    failed_runs_history_limit: int | None = None,
+    queue: str | None = None,
+    machine: MachineName | str | None = None,
+    tags: Sequence[str] | None = None,
+    ttl: str | None = None,
     api: ApiClient | None = None,
+    client: Client | None = None,
 ) -> Schedule:
     """Create the schedule, or update the one with this ``deduplication_key``.
 
-    The Schedule's name comes from the key (:func:`schedule_name`), so calling this
-    again, from anywhere, replaces that schedule's spec instead of adding another.
+    The Schedule's name is ``name``, else derived from the key
+    (:func:`schedule_name`).  Creating it again with the same key, from anywhere,
+    replaces that schedule's spec instead of adding another; a schedule of that name
+    without the same key is left alone and the call fails with a 409 (conflict).
+    Everything is validated before anything is sent: a bad cron, time zone or option
+    raises :class:`ValueError`.
     """
+    return _create(
+        task,
+        cron,
+        deduplication_key,
+        timezone,
+        external_id,
+        payload,
+        namespace,
+        name=name,
+        suspend=suspend,
+        concurrency_policy=concurrency_policy,
+        missed_run_policy=missed_run_policy,
+        starting_deadline_seconds=starting_deadline_seconds,
+        successful_runs_history_limit=successful_runs_history_limit,
+        failed_runs_history_limit=failed_runs_history_limit,
+        queue=queue,
+        machine=machine,
+        tags=tags,
+        ttl=ttl,
+        api=api,
+        client=client,
+    )[0]
+
+
+def _create(
+    task: str | Task[..., Any],
+    cron: str,
+    deduplication_key: str | None,
+    timezone: str,
+    external_id: str | None,
+    payload: dict[str, Any] | None,
+    namespace: str | None,
+    *,
+    name: str | None,
+    api: ApiClient | None,
+    client: Client | None,
+    tags: Sequence[str] | None,
+    **options: Any,
+) -> tuple[Schedule, bool]:
+    """:func:`create`; also says whether the schedule is new (else it was updated)."""
     spec = _spec(
         task=task.id if isinstance(task, Task) else task,
         cron=cron,
@@ -272,32 +483,41 @@ def create(
         external_id=external_id,
         deduplication_key=deduplication_key,
         payload=payload,
-        suspend=suspend,
-        concurrency_policy=concurrency_policy,
-        missed_run_policy=missed_run_policy,
-        starting_deadline_seconds=starting_deadline_seconds,
+        tags=builtins.list(tags) if tags is not None else None,
+        **options,
     )
-    name = schedule_name(deduplication_key)
-    labels = {
-        SCHEDULE_TYPE_LABEL: "imperative",
-        DEDUPLICATION_KEY_LABEL: label_value(deduplication_key),
-    }
+    if name is not None:
+        _check_name(name)
+    elif deduplication_key:
+        name = schedule_name(deduplication_key)
+    else:
+        raise ValueError("a schedule needs a deduplication_key or a name")
+    labels = {SCHEDULE_TYPE_LABEL: "imperative"}
+    if deduplication_key is not None:
+        labels[DEDUPLICATION_KEY_LABEL] = label_value(deduplication_key)
     if external_id is not None:
         labels[EXTERNAL_ID_LABEL] = label_value(external_id)
     body = Schedule(metadata=ObjectMeta(name=name, labels=labels), spec=spec).to_wire()
-    custom = _custom(api)
-    try:
-        created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        return Schedule.model_validate(created)
-    except Exception as error:
-        if _status(error) != 409:
-            raise
-    # It exists: replace its spec, keeping its other labels; retry a concurrent write.
+    objects, ns = _target(namespace, api, client)
     for _ in range(5):
-        current = cast(
-            dict[str, Any],
-            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
-        )
+        try:
+            return Schedule.model_validate(objects.create(PLURAL, ns, body)), True
+        except Exception as error:
+            if _status(error) != 409:
+                raise
+            exists = error
+        try:
+            current = objects.get(PLURAL, ns, name)
+        except Exception as error:
+            if _status(error) == 404:
+                continue  # deleted meanwhile: create it again
+            raise
+        if (
+            deduplication_key is None
+            or (current.get("spec") or {}).get("deduplicationKey") != deduplication_key
+        ):
+            _already_exists(exists, name, ns, deduplication_key)
+        # The same key: replace its spec, keeping its other labels.
         meta = current["metadata"]
         meta["labels"] = {
             **{k: v for k, v in (meta.get("labels") or {}).items() if k != EXTERNAL_ID_LABEL},
@@ -305,34 +525,56 @@ def create(
         }
         current["spec"] = body["spec"]
         try:
-            replaced = custom.replace_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, current
-            )
-            return Schedule.model_validate(replaced)
+            return Schedule.model_validate(objects.replace(PLURAL, ns, name, current)), False
         except Exception as error:
-            if _status(error) != 409:
+            if _status(error) not in (404, 409):  # changed or deleted meanwhile: again
                 raise
-    raise RuntimeError(f"schedule {namespace}/{name} kept changing while being updated")
+    raise KubernetesApiError(
+        f"schedule {ns}/{name} kept changing while being created", 409, "Conflict"
+    )
 
 
-def retrieve(name: str, namespace: str = "default", *, api: ApiClient | None = None) -> Schedule:
-    body = _custom(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+def _already_exists(error: Exception, name: str, namespace: str, key: str | None) -> NoReturn:
+    if isinstance(error, KubernetesApiError):
+        why = "" if key is None else " with another deduplication key (or none)"
+        raise KubernetesApiError(
+            f"schedule {name!r} already exists in namespace {namespace!r}{why}",
+            409,
+            "AlreadyExists",
+        ) from None
+    raise error
+
+
+def retrieve(
+    name: str,
+    namespace: str | None = None,
+    *,
+    api: ApiClient | None = None,
+    client: Client | None = None,
+) -> Schedule:
+    """The schedule as stored now (spec and status)."""
+    objects, ns = _target(namespace, api, client)
+    try:
+        body = objects.get(PLURAL, ns, name)
+    except Exception as error:
+        _missing(error, name, ns)
     return Schedule.model_validate(body)
 
 
 def list(  # Trigger.dev's name: schedules.list
     task: str | None = None,
     external_id: str | None = None,
-    namespace: str = "default",
+    namespace: str | None = None,
     *,
+    all_namespaces: bool = False,
     api: ApiClient | None = None,
+    client: Client | None = None,
 ) -> builtins.list[Schedule]:
-    """Schedules in ``namespace``, optionally only those of ``task`` or ``external_id``."""
-    body = cast(
-        dict[str, Any],
-        _custom(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL),
-    )
-    found = [Schedule.model_validate(item) for item in body.get("items", [])]
+    """Schedules in ``namespace`` (or every namespace), by namespace and name,
+    optionally only those of ``task`` or ``external_id``."""
+    objects, ns = _target(namespace, api, client)
+    items, _ = objects.list(PLURAL, None if all_namespaces else ns)
+    found = [Schedule.model_validate(item) for item in items]
     return sorted(
         (
             s
@@ -340,7 +582,7 @@ def list(  # Trigger.dev's name: schedules.list
             if (task is None or s.spec.task == task)
             and (external_id is None or s.spec.external_id == external_id)
         ),
-        key=lambda s: s.metadata.name or "",
+        key=lambda s: (s.metadata.namespace or "", s.metadata.name or ""),
     )
 
 
@@ -352,11 +594,12 @@ def update(
     timezone: str | None = None,
     external_id: str | None = None,
     payload: dict[str, Any] | None = None,
-    namespace: str = "default",
+    namespace: str | None = None,
     api: ApiClient | None = None,
+    client: Client | None = None,
 ) -> Schedule:
     """Change the given fields of a schedule; the others stay as they are."""
-    current = retrieve(name, namespace, api=api)
+    current = retrieve(name, namespace, api=api, client=client)
     changes = {
         "task": task,
         "cron": cron,
@@ -369,36 +612,62 @@ def update(
     patch: dict[str, Any] = {"spec": spec.to_wire()}
     if external_id is not None:
         patch["metadata"] = {"labels": {EXTERNAL_ID_LABEL: label_value(external_id)}}
-    body = _custom(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, patch
-    )
-    return Schedule.model_validate(body)
+    return _patch(name, patch, namespace, api, client)
 
 
-def delete(name: str, namespace: str = "default", *, api: ApiClient | None = None) -> None:
-    """Delete the schedule (its runs go with it); deleting a missing one is fine."""
+def _patch(
+    name: str,
+    patch: dict[str, Any],
+    namespace: str | None,
+    api: ApiClient | None,
+    client: Client | None,
+) -> Schedule:
+    objects, ns = _target(namespace, api, client)
     try:
-        _custom(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        body = objects.patch(PLURAL, ns, name, patch)
     except Exception as error:
-        if _status(error) != 404:
-            raise
-
-
-def _suspend(name: str, value: bool, namespace: str, api: ApiClient | None) -> Schedule:
-    body = _custom(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"suspend": value}}
-    )
+        _missing(error, name, ns)
     return Schedule.model_validate(body)
 
 
-def activate(name: str, namespace: str = "default", *, api: ApiClient | None = None) -> Schedule:
+def delete(
+    name: str,
+    namespace: str | None = None,
+    *,
+    missing_ok: bool = True,
+    api: ApiClient | None = None,
+    client: Client | None = None,
+) -> None:
+    """Delete the schedule (its runs go with it).  Deleting a missing one is fine
+    unless ``missing_ok=False``."""
+    objects, ns = _target(namespace, api, client)
+    try:
+        objects.delete(PLURAL, ns, name)
+    except Exception as error:
+        if _status(error) != 404 or not missing_ok:
+            _missing(error, name, ns)
+
+
+def activate(
+    name: str,
+    namespace: str | None = None,
+    *,
+    api: ApiClient | None = None,
+    client: Client | None = None,
+) -> Schedule:
     """Resume ticking (``spec.suspend: false``)."""
-    return _suspend(name, False, namespace, api)
+    return _patch(name, {"spec": {"suspend": False}}, namespace, api, client)
 
 
-def deactivate(name: str, namespace: str = "default", *, api: ApiClient | None = None) -> Schedule:
+def deactivate(
+    name: str,
+    namespace: str | None = None,
+    *,
+    api: ApiClient | None = None,
+    client: Client | None = None,
+) -> Schedule:
     """Stop ticking (``spec.suspend: true``); the schedule and its history stay."""
-    return _suspend(name, True, namespace, api)
+    return _patch(name, {"spec": {"suspend": True}}, namespace, api, client)
 
 
 def timezones() -> builtins.list[str]:

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -379,3 +381,155 @@ def test_tokens_complete(cli: Cli, namespace: str, kube_api: ApiClient) -> None:
     again = cli("tokens", "complete", "approval", "-n", namespace)
     assert again.returncode == 1 and "already" in again.stderr
     assert cli("tokens", "complete", "nope", "-n", namespace).returncode == 3
+
+
+def _schedule_status(kube_api: ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    body = k8s.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "schedules", name
+    )
+    status: dict[str, Any] = body.get("status") or {}
+    return status
+
+
+def _schedule_names(kube_api: ApiClient, namespace: str) -> list[str]:
+    listed = k8s.CustomObjectsApi(kube_api).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "schedules"
+    )
+    return sorted(item["metadata"]["name"] for item in listed["items"])
+
+
+def test_schedules_create_list_get_delete(
+    operator: OperatorProcess, cli: Cli, namespace: str, kube_api: ApiClient
+) -> None:
+    apply_task(kube_api, namespace, "hello.world", "examples.tasks.hello:hello_world")
+    created = cli(
+        "schedules",
+        "create",
+        "weekday-digest",
+        "--task",
+        "hello.world",
+        "--cron",
+        "0 8 * * 1-5",
+        "--timezone",
+        "Europe/Berlin",
+        "--payload",
+        '{"format": "html"}',
+        "--external-id",
+        "customer-42",
+        "-n",
+        namespace,
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == f"created schedule weekday-digest in namespace {namespace}"
+    assert created.stderr == ""
+    paused = cli(
+        "schedules",
+        "create",
+        "paused",
+        "--task",
+        "hello.world",
+        "--cron",
+        "*/5 * * * *",
+        "--suspend",
+        "--dedup",
+        "paused-1",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+    )
+    assert paused.returncode == 0, paused.stderr
+    body = json.loads(paused.stdout)
+    assert body["metadata"]["name"] == "paused" and body["metadata"]["namespace"] == namespace
+    assert body["spec"]["suspend"] is True and body["spec"]["deduplicationKey"] == "paused-1"
+    assert body["metadata"]["labels"]["podtask.dev/schedule-type"] == "imperative"
+    stored = k8s.CustomObjectsApi(kube_api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "schedules", "weekday-digest"
+    )
+    assert stored["spec"]["payload"] == {"format": "html"}
+    assert stored["spec"]["externalId"] == "customer-42"
+
+    # The operator computes the next tick: 08:00 Berlin time on the next weekday.
+    deadline = time.monotonic() + 60
+    while not _schedule_status(kube_api, namespace, "weekday-digest").get("nextScheduleTime"):
+        assert time.monotonic() < deadline, "no nextScheduleTime"
+        time.sleep(0.5)
+    next_tick = _schedule_status(kube_api, namespace, "weekday-digest")["nextScheduleTime"]
+    berlin = datetime.fromisoformat(next_tick.replace("Z", "+00:00")).astimezone(
+        ZoneInfo("Europe/Berlin")
+    )
+    assert (berlin.hour, berlin.minute, berlin.second) == (8, 0, 0) and berlin.weekday() < 5
+
+    listed = cli("schedules", "list", "-n", namespace)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert lines[0].split()[:5] == ["NAME", "TASK", "CRON", "TIMEZONE", "STATUS"]
+    paused_line, digest_line = lines[1:]
+    assert paused_line.startswith("paused ") and "Suspended" in paused_line
+    assert digest_line.startswith("weekday-digest ")
+    for text in ("hello.world", "0 8 * * 1-5", "Europe/Berlin", "Active", f"{next_tick} (in "):
+        assert text in digest_line, text
+    as_json = json.loads(cli("schedules", "list", "-n", namespace, "-o", "json").stdout)
+    assert [s["metadata"]["name"] for s in as_json] == ["paused", "weekday-digest"]
+    assert as_json[1]["status"]["nextScheduleTime"] == next_tick
+    assert cli("schedules", "list", "--task", "other", "-n", namespace).stdout.strip() == (
+        "no schedules found"
+    )
+    shown = cli("schedules", "get", "weekday-digest", "-n", namespace)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{namespace}/weekday-digest" in shown.stdout and "customer-42" in shown.stdout
+    assert f"{next_tick} (in " in shown.stdout and '"format": "html"' in shown.stdout
+
+    # Bad input: exit code 2, nothing sent.
+    base = ["schedules", "create", "bad", "--task", "hello.world", "-n", namespace]
+    for extra, message in (
+        (["--cron", "61 * * * *"], "'61 * * * *' is not a valid cron expression"),
+        (["--cron", "@daily", "--timezone", "Mars/Olympus"], "is not an IANA time zone"),
+        (["--cron", "@daily", "--payload", "{'single': 'quotes'}"], "not valid JSON"),
+    ):
+        bad = cli(*base, *extra)
+        assert bad.returncode == 2, (extra, bad.stderr)
+        assert message in bad.stderr
+    bad_json = cli(*base, "--cron", "* *", "-o", "json")
+    assert bad_json.returncode == 2 and bad_json.stdout == ""
+    assert json.loads(bad_json.stderr)["error"]["type"] == "UsageError"
+    clash = cli("schedules", "create", "paused", "--task", "x", "--cron", "@daily", "-n", namespace)
+    assert clash.returncode == 1 and "already exists" in clash.stderr
+    assert _schedule_names(kube_api, namespace) == ["paused", "weekday-digest"]
+    assert _schedule_status(kube_api, namespace, "paused").get("nextScheduleTime") is None
+
+    deleted = cli("schedules", "delete", "weekday-digest", "-n", namespace)
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == f"deleted schedule weekday-digest in namespace {namespace}"
+    assert _schedule_names(kube_api, namespace) == ["paused"]
+    again = cli("schedules", "delete", "weekday-digest", "-n", namespace)
+    assert again.returncode == 3
+    assert f"no schedule 'weekday-digest' in namespace '{namespace}'" in again.stderr
+    missing = cli("schedules", "get", "nope", "-n", namespace, "-o", "json")
+    assert missing.returncode == 3
+    assert json.loads(missing.stderr)["error"]["type"] == "ScheduleNotFound"
+
+
+def test_schedules_commands_with_an_unreachable_cluster(
+    cli: Cli, namespace: str, kubeconfig: Path, tmp_path: Path
+) -> None:
+    config: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        cluster["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(yaml.safe_dump(config))
+    env = {**cli.env, "KUBECONFIG": str(dead)}
+    for args in (
+        ["schedules", "list"],
+        ["schedules", "get", "x"],
+        ["schedules", "create", "x", "--task", "t", "--cron", "@daily"],
+        ["schedules", "delete", "x"],
+    ):
+        started = time.monotonic()
+        result = cli(*args, "-n", namespace, env=env)
+        assert result.returncode == 4, (args, result.stderr)
+        assert "did not answer" in result.stderr
+        assert time.monotonic() - started < 30
+    # Bad input is found before the cluster is asked.
+    bad = cli("schedules", "create", "x", "--task", "t", "--cron", "61 * * * *", env=env)
+    assert bad.returncode == 2 and "not a valid cron expression" in bad.stderr

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import yaml
 from typer.testing import CliRunner
 
 import podtask.cli as cli
-from podtask import Client, protocol
+from podtask import Client, protocol, schedules
+from podtask.cli._render import moment
 from podtask.dev import DevSession, session_id, task_manifest_for_dev
 from podtask.errors import ClusterUnreachableError
 from podtask.project import Applied, apply_manifests, find_project, load_project, prune
@@ -67,9 +70,10 @@ def test_version_and_help() -> None:
     assert run("version").stdout.strip() == podtask_version()
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("init", "deploy", "dev", "trigger", "runs", "tokens"):
+    for command in ("init", "deploy", "dev", "trigger", "runs", "tokens", "schedules"):
         assert command in result.stdout
     assert run("runs").exit_code == 2  # a group without a command shows help
+    assert run("schedules").exit_code == 2
     assert run("no-such-command").exit_code == 2
 
 
@@ -182,7 +186,15 @@ def test_errors_are_json_with_json_output(kube: FakeKube) -> None:
 
 def test_unreachable_cluster_exits_4(kube: FakeKube) -> None:
     kube.unreachable = True
-    for args in (["trigger", "hello.world", "{}"], ["runs", "list"], ["runs", "get", "x"]):
+    for args in (
+        ["trigger", "hello.world", "{}"],
+        ["runs", "list"],
+        ["runs", "get", "x"],
+        ["schedules", "list"],
+        ["schedules", "get", "x"],
+        ["schedules", "create", "x", "--task", "t", "--cron", "@daily"],
+        ["schedules", "delete", "x"],
+    ):
         result = run(*args)
         assert result.exit_code == 4, args
         assert "did not answer" in result.stderr
@@ -358,6 +370,315 @@ def test_tokens_complete(kube: FakeKube) -> None:
     assert again.exit_code == 1 and "already" in again.stderr
     assert run("tokens", "complete", "nope").exit_code == 3
     assert run("tokens", "complete", "approval", "--output-json", "{").exit_code == 2
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def _schedule(kube: FakeKube, name: str, namespace: str = NS) -> dict[str, Any]:
+    return kube.get("schedules", namespace, name)
+
+
+def _schedules(kube: FakeKube) -> list[str]:
+    return sorted(n for (p, _, n) in kube.objects if p == "schedules")
+
+
+def test_schedules_create_sends_every_option_validated(kube: FakeKube) -> None:
+    result = run(
+        "schedules",
+        "create",
+        "nightly",
+        "--task",
+        "hello.world",
+        "--cron",
+        "0 2 * * 1-5",
+        "--timezone",
+        "Europe/Berlin",
+        "--payload",
+        '{"format": "html"}',
+        "--external-id",
+        "customer-42",
+        "--dedup",
+        "nightly-42",
+        "--suspend",
+        "--concurrency-policy",
+        "forbid",
+        "--missed-run-policy",
+        "RunOnce",
+        "--starting-deadline-seconds",
+        "600",
+        "--successful-runs-history-limit",
+        "5",
+        "--failed-runs-history-limit",
+        "2",
+        "--queue",
+        "reports",
+        "--machine",
+        "small-2x",
+        "-t",
+        "a",
+        "--tag",
+        "b",
+        "--ttl",
+        "1h",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"created schedule nightly in namespace {NS}"
+    assert result.stderr == ""  # hello.world is deployed: no warning
+    body = _schedule(kube, "nightly")
+    assert body["apiVersion"] == "podtask.dev/v1alpha1" and body["kind"] == "Schedule"
+    assert body["metadata"]["labels"] == {
+        "podtask.dev/schedule-type": "imperative",
+        "podtask.dev/deduplication-key": "nightly-42",
+        "podtask.dev/external-id": "customer-42",
+    }
+    assert body["spec"] == {
+        "task": "hello.world",
+        "cron": "0 2 * * 1-5",
+        "timezone": "Europe/Berlin",
+        "externalId": "customer-42",
+        "deduplicationKey": "nightly-42",
+        "payload": {"format": "html"},
+        "suspend": True,
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 600,
+        "missedRunPolicy": "RunOnce",
+        "successfulRunsHistoryLimit": 5,
+        "failedRunsHistoryLimit": 2,
+        "queue": "reports",
+        "machine": "small-2x",
+        "tags": ["a", "b"],
+        "ttl": "1h",
+    }
+
+
+def test_schedules_create_defaults_json_and_a_missing_task(kube: FakeKube) -> None:
+    result = run(
+        "schedules",
+        "create",
+        "digest",
+        "--task",
+        "reports.digest",
+        "--cron",
+        "@daily",
+        "-o",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["metadata"]["name"] == "digest" and body["metadata"]["namespace"] == NS
+    assert body["spec"]["timezone"] == "UTC" and body["spec"]["suspend"] is False
+    assert body["spec"]["concurrencyPolicy"] == "Allow"
+    assert body == _schedule(kube, "digest")
+    # In a table the user hears that the task is not deployed (ticks wait for it).
+    other = run("schedules", "create", "digest-2", "--task", "reports.digest", "--cron", "@daily")
+    assert other.exit_code == 0
+    assert "no task 'reports.digest' is deployed" in other.stderr
+    assert _schedules(kube) == ["digest", "digest-2"]
+
+
+def test_schedules_create_again_conflicts_unless_the_key_matches(kube: FakeKube) -> None:
+    base = ["schedules", "create", "remind", "--task", "hello.world"]
+    assert run(*base, "--cron", "0 9 * * *", "--dedup", "user-1").exit_code == 0
+    updated = run(*base, "--cron", "30 9 * * *", "--dedup", "user-1")
+    assert updated.exit_code == 0, updated.output
+    assert updated.stdout.strip() == f"updated schedule remind in namespace {NS}"
+    assert _schedule(kube, "remind")["spec"]["cron"] == "30 9 * * *"
+    for extra in (["--dedup", "user-2"], []):
+        clash = run(*base, "--cron", "0 0 * * *", *extra)
+        assert clash.exit_code == 1, extra
+        assert "schedule 'remind' already exists in namespace 'default'" in clash.stderr
+    as_json = run(*base, "--cron", "0 0 * * *", "-o", "json")
+    assert json.loads(as_json.stderr)["error"]["type"] == "KubernetesApiError"
+    assert _schedule(kube, "remind")["spec"]["cron"] == "30 9 * * *"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cron", "61 * * * *"], "'61 * * * *' is not a valid cron expression"),
+        (["--cron", "* * *"], "has 3 fields"),
+        (["--cron", "@reboot"], "'@reboot' is not a valid cron expression"),
+        (["--cron", "0 0 32 * *"], "'0 0 32 * *' is not a valid cron expression"),
+        (["--cron", "@daily", "--timezone", "Europe/Berln"], "'Europe/Berln' is not an IANA"),
+        (["--cron", "@daily", "--payload", "{bad"], "--payload is not valid JSON"),
+        (["--cron", "@daily", "--payload", "[1, 2]"], "--payload must be a JSON object"),
+        (["--cron", "@daily", "--machine", "huge"], "machine"),
+        (["--cron", "@daily", "--ttl", "soon"], "is not a duration"),
+        (["--cron", "@daily", "--failed-runs-history-limit", "-1"], "greater than or equal to 0"),
+        (["--cron", "@daily", "--queue", "Bad_Queue"], "queue: String should match pattern"),
+        (["--cron", "@daily", "--concurrency-policy", "Sometimes"], "Invalid value"),
+        (["--cron", "@daily", "--name-is-missing"], "No such option"),
+    ],
+)
+def test_schedules_create_bad_input_exits_2_and_creates_nothing(
+    kube: FakeKube, args: list[str], message: str
+) -> None:
+    result = run("schedules", "create", "nightly", "--task", "hello.world", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert _schedules(kube) == []
+
+
+def test_schedules_create_checks_before_calling_the_cluster(kube: FakeKube) -> None:
+    kube.unreachable = True  # any call would be exit code 4
+    bad_name = run("schedules", "create", "Nightly_Run", "--task", "t", "--cron", "@daily")
+    assert bad_name.exit_code == 2 and "invalid schedule name 'Nightly_Run'" in bad_name.stderr
+    bad_cron = run("schedules", "create", "n", "--task", "t", "--cron", "61 * * * *", "-o", "json")
+    assert bad_cron.exit_code == 2 and bad_cron.stdout == ""
+    assert json.loads(bad_cron.stderr)["error"]["type"] == "UsageError"
+    good = run("schedules", "create", "n", "--task", "t", "--cron", "@daily")
+    assert good.exit_code == 4 and "did not answer" in good.stderr
+
+
+def _seed_schedules(kube: FakeKube) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    for name, task, cron, zone in (
+        ("b-daily", "hello.world", "0 8 * * *", "Europe/Berlin"),
+        ("a-hourly", "other.task", "0 * * * *", "UTC"),
+        ("c-broken", "hello.world", "*/5 * * * *", "UTC"),
+    ):
+        made = run("schedules", "create", name, "--task", task, "--cron", cron, "--tz", zone)
+        assert made.exit_code == 0, made.output
+    schedule = kube.objects[("schedules", NS, "b-daily")]
+    schedule["status"] = {
+        "nextScheduleTime": (now + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastScheduleTime": (now - timedelta(minutes=21)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "lastRuns": [
+            {
+                "name": "b-daily-1700000000",
+                "scheduledTime": "2023-11-14T22:13:20Z",
+                "phase": "Completed",
+            }
+        ],
+        "missedRuns": 2,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Scheduled"}],
+    }
+    kube.objects[("schedules", NS, "a-hourly")]["spec"]["suspend"] = True
+    kube.objects[("schedules", NS, "c-broken")]["status"] = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "TaskNotFound",
+                "message": "no Task 'hello.world'",
+            }
+        ]
+    }
+
+
+def test_schedules_list_table_json_and_filters(kube: FakeKube) -> None:
+    _seed_schedules(kube)
+    table = run("schedules", "list")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split() == [
+        "NAME", "TASK", "CRON", "TIMEZONE", "STATUS", "NEXT", "RUN", "LAST", "RUN", "AGE"
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:]] == ["a-hourly", "b-daily", "c-broken"]
+    hourly, daily, broken = lines[1:]
+    assert "other.task" in hourly and "0 * * * *" in hourly and "Suspended" in hourly
+    assert "Europe/Berlin" in daily and "Active" in daily
+    assert "(in 2h)" in daily or "(in 3h)" in daily
+    assert "(21m ago)" in daily
+    assert "TaskNotFound" in broken
+    as_json = json.loads(run("schedules", "list", "--task", "hello.world", "-o", "json").stdout)
+    assert [s["metadata"]["name"] for s in as_json] == ["b-daily", "c-broken"]
+    assert as_json[0]["status"]["missedRuns"] == 2
+    assert run("schedules", "list", "--task", "nope").stdout.strip() == "no schedules found"
+    assert run("schedules", "list", "-n", "elsewhere").stdout.strip() == "no schedules found"
+    everywhere = run("schedules", "list", "-A")
+    assert everywhere.stdout.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
+    assert run("schedules", "list", "-o", "yaml").stdout.count("kind: Schedule") == 3
+
+
+def test_schedules_get_shows_the_spec_status_and_recent_runs(kube: FakeKube) -> None:
+    _seed_schedules(kube)
+    shown = run("schedules", "get", "b-daily")
+    assert shown.exit_code == 0, shown.output
+    for text in (
+        f"{NS}/b-daily",
+        "hello.world",
+        "0 8 * * *",
+        "Europe/Berlin",
+        "Active",
+        "Next run",
+        "b-daily-1700000000",
+        "2023-11-14T22:13:20Z",
+        "Completed",
+    ):
+        assert text in shown.stdout, text
+    assert re.search(r"Missed runs +2 ", shown.stdout)
+    assert re.search(r"Last run +\S+Z \(21m ago\), \S+ \S+ CES?T in Europe/Berlin", shown.stdout)
+    broken = run("schedules", "get", "c-broken")
+    assert "TaskNotFound" in broken.stdout and "no Task 'hello.world'" in broken.stdout
+    assert (
+        json.loads(run("schedules", "get", "a-hourly", "-o", "json").stdout)["spec"]
+        == (_schedule(kube, "a-hourly")["spec"])
+    )
+    missing = run("schedules", "get", "nope")
+    assert missing.exit_code == 3 and "no schedule 'nope' in namespace 'default'" in missing.stderr
+    as_json = run("schedules", "get", "nope", "-o", "json")
+    assert json.loads(as_json.stderr)["error"]["type"] == "ScheduleNotFound"
+
+
+def test_schedules_delete(kube: FakeKube) -> None:
+    _seed_schedules(kube)
+    deleted = run("schedules", "delete", "a-hourly")
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.strip() == f"deleted schedule a-hourly in namespace {NS}"
+    assert _schedules(kube) == ["b-daily", "c-broken"]
+    as_json = run("schedules", "delete", "b-daily", "-o", "json")
+    assert json.loads(as_json.stdout) == {
+        "kind": "Schedule",
+        "namespace": NS,
+        "name": "b-daily",
+        "action": "deleted",
+    }
+    again = run("schedules", "delete", "a-hourly")
+    assert again.exit_code == 3
+    assert "error: no schedule 'a-hourly' in namespace 'default'" in again.stderr
+    elsewhere = run("schedules", "delete", "c-broken", "-n", "other", "-o", "json")
+    assert elsewhere.exit_code == 3
+    assert json.loads(elsewhere.stderr)["error"]["type"] == "ScheduleNotFound"
+    assert _schedules(kube) == ["c-broken"]
+
+
+def test_schedules_sdk_with_a_client(kube: FakeKube) -> None:
+    client = Client(backend=kube, namespace=NS)
+    made = schedules.create(
+        "hello.world", "0 9 * * 1-5", "reminder-user-7", external_id="user-7", client=client
+    )
+    assert made.metadata.name == schedules.schedule_name("reminder-user-7")
+    name = made.metadata.name or ""
+    again = schedules.create("hello.world", "0 10 * * *", "reminder-user-7", client=client)
+    assert again.metadata.name == name and again.spec.cron == "0 10 * * *"
+    assert "podtask.dev/external-id" not in (again.metadata.labels or {})
+    assert [s.metadata.name for s in schedules.list(task="hello.world", client=client)] == [name]
+    assert schedules.deactivate(name, client=client).spec.suspend is True
+    assert schedules.activate(name, client=client).spec.suspend is False
+    assert schedules.update(name, timezone="Asia/Tokyo", client=client).spec.timezone == (
+        "Asia/Tokyo"
+    )
+    with pytest.raises(ValueError, match="needs a deduplication_key or a name"):
+        schedules.create("hello.world", "@daily", client=client)
+    schedules.delete(name, client=client)
+    schedules.delete(name, client=client)  # missing_ok by default
+    for call in (
+        lambda: schedules.retrieve(name, client=client),
+        lambda: schedules.delete(name, missing_ok=False, client=client),
+        lambda: schedules.update(name, cron="@daily", client=client),
+        lambda: schedules.activate(name, client=client),
+    ):
+        with pytest.raises(schedules.ScheduleNotFoundError, match=f"no schedule '{name}'"):
+            call()
+
+
+def test_moment_says_how_far_off_a_time_is() -> None:
+    now = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
+    assert moment(now + timedelta(hours=3, minutes=5), now) == "2026-11-24T10:05:00Z (in 3h)"
+    assert moment(now - timedelta(seconds=42), now) == "2026-11-24T06:59:18Z (42s ago)"
+    assert moment(None, now) == ""
 
 
 # --------------------------------------------------------------------------- init / deploy
@@ -677,6 +998,10 @@ def test_unreachable_is_exit_4_for_every_command_that_needs_the_cluster(
         ["runs", "replay", "x"],
         ["runs", "logs", "x"],
         ["tokens", "complete", "x"],
+        ["schedules", "list"],
+        ["schedules", "get", "x"],
+        ["schedules", "create", "x", "--task", "t", "--cron", "@daily"],
+        ["schedules", "delete", "x", "-o", "json"],
     ):
         result = run(*args)
         assert result.exit_code == 4, args

@@ -1,8 +1,9 @@
-"""The ``podtask`` command: scaffold, deploy, develop, trigger and follow runs.
+"""The ``podtask`` command: scaffold, deploy, develop, trigger and follow runs, and
+manage schedules.
 
 Exit codes (every command): 0 success; 1 an error from the cluster or the
 command; 2 bad input (usage, JSON, options, project); 3 not found (task, run,
-token); 4 cluster unreachable or no credentials; 5 the run ended without
+token, schedule); 4 cluster unreachable or no credentials; 5 the run ended without
 completing (``trigger --wait``, ``runs watch``); 6 timed out waiting; 130
 interrupted.  ``--output json`` prints machine-readable results on stdout and
 errors as ``{"error": {"type", "message"}}`` on stderr.
@@ -22,8 +23,10 @@ from types import FrameType
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from rich.markup import escape
 
 from podtask import __version__
+from podtask.api.v1alpha1 import ConcurrencyPolicy, MissedRunPolicy
 from podtask.cli._render import (
     Output,
     change_line,
@@ -33,6 +36,8 @@ from podtask.cli._render import (
     run_json,
     run_panel,
     runs_table,
+    schedule_panel,
+    schedules_table,
 )
 from podtask.errors import (
     ClusterUnreachableError,
@@ -69,8 +74,12 @@ app = typer.Typer(
 )
 runs_app = typer.Typer(help="List, inspect, follow, cancel and replay runs.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Complete wait tokens.", no_args_is_help=True)
+schedules_app = typer.Typer(
+    help="List, show, create and delete schedules (tasks run on a cron).", no_args_is_help=True
+)
 app.add_typer(runs_app, name="runs")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(schedules_app, name="schedules")
 
 
 class CliUsageError(PodtaskError, ValueError):
@@ -129,7 +138,7 @@ def report(error: BaseException, output: Output | None) -> None:
             json.dumps({"error": {"type": error_type_of(error), "message": str(error)}}) + "\n"
         )
         return
-    err_console().print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    err_console().print(f"[bold red]error:[/] {escape(str(error))}", markup=True, highlight=False)
 
 
 def handles_errors(fn: Callable[P, T]) -> Callable[P, T]:
@@ -713,6 +722,201 @@ def tokens_complete(
         dump(token.to_wire(), output)
         return
     console().print(f"completed wait token {name}")
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@schedules_app.command("list")
+@handles_errors
+def schedules_list(
+    task: Annotated[str | None, typer.Option("--task", help="Only this task's schedules.")] = None,
+    external_id: Annotated[
+        str | None, typer.Option("--external-id", help="Only schedules with this externalId.")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")
+    ] = False,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """List schedules: task, cron, time zone, status, next and last run."""
+    from podtask import schedules
+
+    client = make_client(kubeconfig, context, namespace)
+    found = schedules.list(
+        task=task, external_id=external_id, all_namespaces=all_namespaces, client=client
+    )
+    if output != Output.TABLE:
+        dump([s.to_wire() for s in found], output)
+        return
+    out = console()
+    if not found:
+        out.print("no schedules found")
+        return
+    out.print(schedules_table(found, namespaces=all_namespaces))
+
+
+@schedules_app.command("get")
+@handles_errors
+def schedules_get(
+    name: Annotated[str, typer.Argument(help="Schedule name.")],
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Show a schedule: its spec, next and last run, missed runs and recent runs."""
+    from podtask import schedules
+
+    client = make_client(kubeconfig, context, namespace)
+    schedule = schedules.retrieve(name, client=client)
+    if output != Output.TABLE:
+        dump(schedule.to_wire(), output)
+        return
+    console().print(schedule_panel(schedule))
+
+
+@schedules_app.command("create")
+@handles_errors
+def schedules_create(
+    name: Annotated[str, typer.Argument(help="Schedule name (a DNS subdomain).")],
+    task: Annotated[str, typer.Option("--task", help="Id of the task to run.")],
+    cron: Annotated[
+        str,
+        typer.Option(
+            "--cron", help="5 fields, 6 with seconds first, or @hourly/@daily/@weekly/..."
+        ),
+    ],
+    timezone: Annotated[
+        str, typer.Option("--timezone", "--tz", help="IANA time zone the cron is read in.")
+    ] = "UTC",
+    payload: Annotated[
+        str | None, typer.Option("--payload", help="JSON object passed as payload.data.")
+    ] = None,
+    external_id: Annotated[
+        str | None, typer.Option("--external-id", help="Your id (e.g. a user's), on every run.")
+    ] = None,
+    deduplication_key: Annotated[
+        str | None,
+        typer.Option(
+            "--deduplication-key",
+            "--dedup",
+            help="Identity: creating again with the same key updates the schedule.",
+        ),
+    ] = None,
+    suspend: Annotated[bool, typer.Option("--suspend", help="Create it suspended.")] = False,
+    concurrency_policy: Annotated[
+        ConcurrencyPolicy | None,
+        typer.Option(case_sensitive=False, help="Allow (default), Forbid or Replace."),
+    ] = None,
+    missed_run_policy: Annotated[
+        MissedRunPolicy | None,
+        typer.Option(case_sensitive=False, help="Skip (default) or RunOnce."),
+    ] = None,
+    starting_deadline_seconds: Annotated[
+        int | None, typer.Option(help="A tick later than this is missed.")
+    ] = None,
+    successful_runs_history_limit: Annotated[
+        int | None, typer.Option(help="Completed runs kept (3).")
+    ] = None,
+    failed_runs_history_limit: Annotated[
+        int | None, typer.Option(help="Failed runs kept (1).")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(help="Queue for the runs.")] = None,
+    machine: Annotated[str | None, typer.Option(help="Machine preset for the runs.")] = None,
+    tag: Annotated[list[str], typer.Option("--tag", "-t", help="Tag every run (repeatable).")] = [],  # noqa: B006
+    ttl: Annotated[
+        str | None, typer.Option(help="Expire a run not started this long after its tick.")
+    ] = None,
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Create a schedule that runs a task on a cron in a time zone.
+
+    Everything is checked before anything is sent.
+
+    A schedule of that name must not exist, unless it has the same
+    --deduplication-key: then it is updated.
+    """
+    from podtask import schedules
+    from podtask.errors import TaskNotDeployedError
+
+    data: dict[str, Any] | None = None
+    if payload is not None:
+        value = parse_json(payload, "--payload")
+        if not isinstance(value, dict):
+            raise CliUsageError("--payload must be a JSON object")
+        data = value
+    client = make_client(kubeconfig, context, namespace)
+    try:
+        schedule, created = schedules._create(
+            task,
+            cron,
+            deduplication_key,
+            timezone,
+            external_id,
+            data,
+            None,
+            name=name,
+            api=None,
+            client=client,
+            tags=tag or None,
+            suspend=suspend,
+            concurrency_policy=concurrency_policy,
+            missed_run_policy=missed_run_policy,
+            starting_deadline_seconds=starting_deadline_seconds,
+            successful_runs_history_limit=successful_runs_history_limit,
+            failed_runs_history_limit=failed_runs_history_limit,
+            queue=queue,
+            machine=machine,
+            ttl=ttl,
+        )
+    except ValueError as error:  # the model's verdict on the options, before any call
+        if isinstance(error, PodtaskError):
+            raise
+        raise CliUsageError(str(error)) from None
+    if output != Output.TABLE:
+        dump(schedule.to_wire(), output)
+        return
+    ns = schedule.metadata.namespace or client.namespace
+    out = console()
+    out.print(f"{'created' if created else 'updated'} schedule {name} in namespace {ns}")
+    try:
+        client.check_task(task, ns)
+    except TaskNotDeployedError:
+        err_console().print(
+            f"warning: no task {task!r} is deployed in namespace {ns!r} yet; "
+            "its ticks are skipped until it is",
+            markup=False,
+        )
+    except PodtaskError:
+        pass  # only a hint: the schedule is made
+
+
+@schedules_app.command("delete")
+@handles_errors
+def schedules_delete(
+    name: Annotated[str, typer.Argument(help="Schedule name.")],
+    namespace: Namespace = None,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Delete a schedule; its runs are deleted with it."""
+    from podtask import schedules
+
+    client = make_client(kubeconfig, context, namespace)
+    ns = client.namespace
+    schedules.delete(name, ns, missing_ok=False, client=client)
+    if output != Output.TABLE:
+        dump({"kind": "Schedule", "namespace": ns, "name": name, "action": "deleted"}, output)
+        return
+    console().print(f"deleted schedule {name} in namespace {ns}")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from rich.console import Console, Group
@@ -17,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from podtask._runview import attempt_pod, error_text
-from podtask.api.v1alpha1 import Phase, TaskRun
+from podtask.api.v1alpha1 import Phase, Resource, Schedule, TaskRun
 
 PHASE_STYLES = {
     Phase.DELAYED: "magenta",
@@ -96,8 +97,8 @@ def age(value: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds}s"
 
 
-def created(run: TaskRun) -> datetime | None:
-    extra = run.metadata.model_extra or {}
+def created(resource: Resource) -> datetime | None:
+    extra = resource.metadata.model_extra or {}
     value = extra.get("creationTimestamp")
     if not value:
         return None
@@ -215,6 +216,141 @@ def change_line(run: TaskRun) -> str:
     return " ".join(parts)
 
 
+# --------------------------------------------------------------------------- schedules
+
+
+def moment(value: datetime | None, now: datetime | None = None) -> str:
+    """A time as UTC RFC 3339 and how far off it is: ``2026-11-24T07:00:00Z (in 3h)``."""
+    if value is None:
+        return ""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    stamp = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value >= current:
+        return f"{stamp} (in {age(current, value)})"
+    return f"{stamp} ({age(value, current)} ago)"
+
+
+def schedule_state(schedule: Schedule) -> Text:
+    """Suspended; the reason of a Ready=False condition (InvalidCron, TaskNotFound...);
+    else Active."""
+    if schedule.spec.suspend:
+        return Text("Suspended", style="dim")
+    conditions = schedule.status.conditions if schedule.status else []
+    ready = next((c for c in conditions if c.type == "Ready"), None)
+    if ready is not None and ready.status == "False" and ready.reason:
+        return Text(ready.reason, style="red")
+    return Text("Active", style="green")
+
+
+def schedules_table(schedules: list[Schedule], *, namespaces: bool = False) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    if namespaces:
+        table.add_column("NAMESPACE")
+    for column in ("NAME", "TASK", "CRON", "TIMEZONE", "STATUS", "NEXT RUN", "LAST RUN", "AGE"):
+        table.add_column(column, no_wrap=column in ("NAME", "TASK", "CRON"))
+    now = datetime.now(UTC)
+    for schedule in schedules:
+        status = schedule.status
+        cells: list[Any] = [schedule.metadata.namespace or ""] if namespaces else []
+        cells += [
+            schedule.metadata.name or "",
+            schedule.spec.task,
+            schedule.spec.cron,
+            schedule.spec.timezone,
+            schedule_state(schedule),
+            moment(status.next_schedule_time, now) if status else "",
+            moment(status.last_schedule_time, now) if status else "",
+            age(created(schedule), now),
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def schedule_panel(schedule: Schedule) -> Panel:
+    spec, status = schedule.spec, schedule.status
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("Schedule", f"{schedule.metadata.namespace}/{schedule.metadata.name}")
+    grid.add_row("Task", spec.task)
+    grid.add_row("Cron", escape(spec.cron))
+    grid.add_row("Timezone", spec.timezone)
+    grid.add_row("Status", schedule_state(schedule))
+    conditions = status.conditions if status else []
+    ready = next((c for c in conditions if c.type == "Ready"), None)
+    if ready is not None and ready.status == "False" and ready.message:
+        grid.add_row("", escape(ready.message))
+    if status and status.next_schedule_time:
+        grid.add_row("Next run", _in_zone(status.next_schedule_time, spec.timezone))
+    if status and status.last_schedule_time:
+        grid.add_row("Last run", _in_zone(status.last_schedule_time, spec.timezone))
+    if status and status.missed_runs:
+        missed = str(status.missed_runs)
+        if status.last_missed_time:
+            missed += f", the latest {moment(status.last_missed_time)}"
+        grid.add_row("Missed runs", missed)
+    optional = (
+        ("External id", spec.external_id),
+        ("Deduplication key", spec.deduplication_key),
+        ("Queue", spec.queue),
+        ("Machine", spec.machine),
+        ("TTL", spec.ttl),
+        ("Tags", ", ".join(spec.tags)),
+    )
+    for label, value in optional:
+        if value:
+            grid.add_row(label, escape(str(value)))
+    grid.add_row("Concurrency policy", spec.concurrency_policy.value)
+    deadline = spec.starting_deadline_seconds
+    grid.add_row(
+        "Missed run policy",
+        spec.missed_run_policy.value + ("" if deadline is None else f" (deadline {deadline}s)"),
+    )
+    grid.add_row(
+        "History kept",
+        f"{spec.successful_runs_history_limit} completed, {spec.failed_runs_history_limit} failed",
+    )
+    parts: list[Any] = [grid]
+    if spec.payload is not None:
+        parts.append(Text("Payload (payload.data of each run)", style="bold"))
+        parts.append(Text(_json_text(spec.payload)))
+    if status and status.last_runs:
+        runs = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("RUN", "TICK", "STATUS"):
+            runs.add_column(column)
+        for run in status.last_runs:
+            runs.add_row(
+                run.name,
+                run.scheduled_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                phase_text(_phase(run.phase)),
+            )
+        parts.append(Text("Recent runs", style="bold"))
+        parts.append(runs)
+    return Panel(
+        Group(*parts), title=schedule.metadata.name or "", title_align="left", expand=False
+    )
+
+
+def _in_zone(value: datetime, timezone: str) -> str:
+    """:func:`moment`, and the wall-clock time in the schedule's zone when not UTC."""
+    text = moment(value)
+    if timezone == "UTC":
+        return text
+    try:
+        local = value.astimezone(ZoneInfo(timezone))
+    except (ZoneInfoNotFoundError, ValueError):
+        return text
+    return f"{text}, {local:%Y-%m-%d %H:%M:%S %Z} in {timezone}"
+
+
+def _phase(value: str | None) -> Phase | None:
+    try:
+        return Phase(value) if value else None
+    except ValueError:
+        return None
+
+
 __all__ = [
     "Output",
     "age",
@@ -223,9 +359,13 @@ __all__ = [
     "console",
     "dump",
     "err_console",
+    "moment",
     "phase_text",
     "progress_of",
     "run_json",
     "run_panel",
     "runs_table",
+    "schedule_panel",
+    "schedule_state",
+    "schedules_table",
 ]
