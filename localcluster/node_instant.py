@@ -7,9 +7,10 @@ NO_OUTCOME_REPORTED``. In this mode a pod whose container runs ``podtask-runner`
 marked Running, then the node makes the calls the runner makes, with the pod's own
 environment (``PODTASK_API_URL``, ``PODTASK_RUN_TOKEN``, ...): ``GET …/context``, then
 ``POST …/complete`` (or ``…/fail``), retrying transient errors for as long as the runner
-does, and the container ends with the runner's exit code. Other pods behave as in
-``--instant``. The operator's path (admission, pod, run API, status writes) is the same
-as with the real runner; only the process is missing.
+does and heartbeating meanwhile, and the container ends with the runner's exit code and
+the termination message the runner writes (its outcome, a ``TerminationReport``). Other
+pods behave as in ``--instant``. The operator's path (admission, pod, run API, status
+writes) is the same as with the real runner; only the process is missing.
 
 Test-only knobs, read from a dict payload's ``instantRunner`` key::
 
@@ -30,11 +31,13 @@ from typing import Any
 
 import aiohttp
 
+from podtask.protocol import Completion, Failure, TerminationReport
+
 Obj = dict[str, Any]
 
 RUNNER_COMMAND = "podtask-runner"
 CONNECT_DEADLINE_SECONDS = 30.0  # podtask.runner's deadlines
-REPORT_DEADLINE_SECONDS = 30.0
+REPORT_DEADLINE_SECONDS = 60.0
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 LEDGER_PREFIX = "INSTANT-RUNNER "
 EXIT_REPORTED, EXIT_NOT_REPORTED, EXIT_CANCELED = 0, 1, 143
@@ -112,13 +115,14 @@ class InstantRunner:
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
 
-    async def run(self, pod: Obj, env: dict[str, str]) -> int:
-        """The runner's exit code; cancelled (SIGTERM) the caller reports 143."""
+    async def run(self, pod: Obj, env: dict[str, str]) -> tuple[int, str | None]:
+        """The runner's exit code and termination message; cancelled (SIGTERM) the caller
+        reports 143."""
         meta = pod["metadata"]
         missing = [name for name in ENV_NAMES if not env.get(name)]
         if missing:
             print(f"pod {meta['namespace']}/{meta['name']}: runner env lacks {missing}", flush=True)
-            return EXIT_NOT_REPORTED
+            return EXIT_NOT_REPORTED, None
         base = (
             f"{env['PODTASK_API_URL'].rstrip('/')}/v1/runs/"
             f"{env['PODTASK_RUN_NAMESPACE']}/{env['PODTASK_RUN_NAME']}"
@@ -137,18 +141,13 @@ class InstantRunner:
             )
         except _RefusedError as error:
             ledger(**record, event="no-context", status=error.status)
-            return EXIT_NOT_REPORTED
+            return EXIT_NOT_REPORTED, None
         ledger(**record, event="started")
         payload = context.get("payload")
         knobs = payload.get("instantRunner") if isinstance(payload, dict) else None
         knobs = knobs if isinstance(knobs, dict) else {}
-        await self._hold(
-            base,
-            token,
-            attempt,
-            float(knobs.get("sleepSeconds") or 0),
-            float(context.get("heartbeatIntervalSeconds") or 30.0),
-        )
+        interval = float(context.get("heartbeatIntervalSeconds") or 30.0)
+        await self._hold(base, token, attempt, float(knobs.get("sleepSeconds") or 0), interval)
         if attempt <= int(knobs.get("failAttempts") or 0):
             action = "fail"
             body: Obj = {
@@ -160,16 +159,25 @@ class InstantRunner:
             }
         else:
             action, body = "complete", {"attempt": attempt, "output": {"ok": True}}
+        report = (
+            TerminationReport.fitting(Completion.model_validate(body))
+            if action == "complete"
+            else TerminationReport.fitting(Failure.model_validate(body))
+        )
+        message = report.encode()
+        beating = asyncio.ensure_future(self._hold(base, token, attempt, float("inf"), interval))
         try:
             await self._call("POST", f"{base}/{action}", token, body, REPORT_DEADLINE_SECONDS)
         except _RefusedError as error:
             if error.status == 409:  # stale, or already ended: the operator has its answer
                 ledger(**record, event="stale", status=409)
-                return EXIT_REPORTED
+                return EXIT_REPORTED, message
             ledger(**record, event="unreported", status=error.status)
-            return EXIT_NOT_REPORTED
+            return EXIT_NOT_REPORTED, message
+        finally:
+            beating.cancel()
         ledger(**record, event="completed" if action == "complete" else "failed")
-        return EXIT_REPORTED
+        return EXIT_REPORTED, message
 
     async def _hold(
         self, base: str, token: str, attempt: int, seconds: float, interval: float

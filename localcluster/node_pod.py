@@ -383,35 +383,37 @@ class PodWorker:
         await self._flush()
         if (self.pod["spec"].get("restartPolicy") or "Always") == "Always" or self.stop_reason:
             return
-        code = await self._instant_runner() if self.runner is not None else 0
+        code, message = await self._instant_runner() if self.runner is not None else (0, None)
         now = st.now_time()
         for record in self.apps:
             started = (record.state.get("running") or record.state.get("terminated") or {}).get(
                 "startedAt", now
             )
-            record.state = {
-                "terminated": {
-                    "exitCode": code,
-                    "reason": st.terminated_reason(code, False),
-                    "startedAt": started,
-                    "finishedAt": now,
-                    "containerID": record.container_id,
-                }
+            terminated = {
+                "exitCode": code,
+                "reason": st.terminated_reason(code, False),
+                "startedAt": started,
+                "finishedAt": now,
+                "containerID": record.container_id,
             }
+            if message:
+                terminated["message"] = message
+            record.state = {"terminated": terminated}
         self._mark_dirty()
 
-    async def _instant_runner(self) -> int:
-        """The runner's calls for a podtask-runner pod; 143 when stopped first (SIGTERM)."""
+    async def _instant_runner(self) -> tuple[int, str | None]:
+        """The runner's exit code and termination message for a podtask-runner pod; 143
+        when stopped first (SIGTERM)."""
         assert self.runner is not None
         if not is_runner_pod(self.pod):
-            return 0
+            return 0, None
         try:
             env = specs.container_env(
                 self.pod["spec"]["containers"][0], await self.sandbox.env_context(self.pod)
             )
         except (specs.ConfigError, ApiError, OSError, TimeoutError) as error:
             print(f"pod {self.namespace}/{self.name}: {error!r}", flush=True)
-            return 1
+            return 1, None
         calls = asyncio.ensure_future(self.runner.run(self.pod, env))
         stopped = asyncio.ensure_future(self._stopped.wait())
         await asyncio.wait({calls, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -428,7 +430,7 @@ class PodWorker:
                 run=env.get("PODTASK_RUN_NAME"),
                 attempt=env.get("PODTASK_ATTEMPT"),
             )
-            return EXIT_CANCELED
+            return EXIT_CANCELED, None
         return calls.result()
 
     def _last_exit(self, record: st.ContainerRecord) -> int:

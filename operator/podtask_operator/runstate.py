@@ -34,7 +34,14 @@ from podtask.api.v1alpha1 import (
     TaskSpec,
     WaitingFor,
 )
-from podtask.protocol import EXIT_CANCELED, Checkpoint, Completion, Failure, JournalUpdate
+from podtask.protocol import (
+    EXIT_CANCELED,
+    Checkpoint,
+    Completion,
+    Failure,
+    JournalUpdate,
+    TerminationReport,
+)
 from podtask_operator import backoff, naming
 from podtask_operator.settings import Settings
 
@@ -75,6 +82,10 @@ class PodView:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     disrupted: bool = False
+    report: TerminationReport | None = None
+    """The runner's outcome from the termination message, if it left one."""
+    waiting: str | None = None
+    """Why a pod that has not started is waiting (unschedulable, image pull), if it says."""
 
     @property
     def terminal(self) -> bool:
@@ -97,16 +108,29 @@ class PodView:
                 running_since = state["running"].get("startedAt")
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         reason = status.get("reason") or terminated.get("reason")
+        waiting = [
+            (w.get("reason"), w.get("message"))
+            for c in status.get("containerStatuses") or []
+            if (w := (c.get("state") or {}).get("waiting")) and w.get("reason")
+        ] + [
+            (c.get("reason"), c.get("message"))
+            for c in status.get("conditions") or []
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason")
+        ]
+        report = TerminationReport.decode(terminated.get("message"))
         return cls(
             name=pod["metadata"]["name"],
             phase=status.get("phase") or "Pending",
             deleting=bool(pod["metadata"].get("deletionTimestamp")),
             exit_code=terminated.get("exitCode"),
             reason=reason,
-            message=status.get("message") or terminated.get("message"),
+            # A report is no message for people: the attempt's record would quote JSON.
+            message=status.get("message") or (None if report else terminated.get("message")),
             started_at=_time(terminated.get("startedAt") or running_since),
             finished_at=_time(terminated.get("finishedAt")),
             disrupted=conditions.get("DisruptionTarget") == "True" or reason == "Evicted",
+            report=report,
+            waiting=next((f"{r}: {m}" if m else str(r) for r, m in waiting), None),
         )
 
 
@@ -474,6 +498,13 @@ def _queued(run: _Run) -> None:
     if status.next_attempt_at and status.next_attempt_at > run.now:
         run.decision.wake_in((status.next_attempt_at - run.now).total_seconds())
         return
+    live = [name for name, pod in run.facts.pods.items() if not pod.terminal]
+    if live:
+        # Never two pods of one run: a pod given up on (it never started) could still
+        # start its runner, and a re-run attempt has the same number.
+        run.decision.delete_pods = [n for n in live if not run.facts.pods[n].deleting]
+        run.decision.wake_in(DELETING_RECHECK)
+        return
     if not run.facts.slot_granted:
         run.decision.wants_slot = True
         if status.expires_at and status.attempt is None:
@@ -575,6 +606,9 @@ def _in_flight(run: _Run) -> None:
         _checkpoint(run, reports.checkpoint)
         return
     if pod is not None and pod.terminal:
+        if pod.report is not None and pod.report.attempt == attempt.number:
+            _reported_on_exit(run, pod.report, pod)
+            return
         _pod_ended(run, pod)
         return
     if pod is None:
@@ -598,6 +632,23 @@ def _in_flight(run: _Run) -> None:
         run.set_phase(Phase.EXECUTING, f"attempt {attempt.number} running in {attempt.pod}")
     if run.status.phase == Phase.EXECUTING:
         _watch_liveness(run, attempt, pod)
+    else:
+        _watch_start(run, attempt, pod)
+
+
+def _watch_start(run: _Run, attempt: Attempt, pod: PodView) -> None:
+    """A pod that never starts (unschedulable, an image that cannot be pulled) gives its
+    slot back after ``start_timeout`` and the attempt is re-run; after too many such
+    failures the run ends SystemFailure, saying why the pods waited."""
+    since = attempt.dequeued_at or run.facts.operator_started or run.now
+    waited = (run.now - since).total_seconds()
+    timeout = run.settings.start_timeout
+    if waited <= timeout:
+        run.decision.wake_in(timeout - waited + 1)
+        return
+    run.decision.delete_pods.append(pod.name)
+    why = pod.waiting or f"pod phase {pod.phase}"
+    _infra_failure(run, f"pod {pod.name} did not start within {format_duration(timeout)} ({why})")
 
 
 def _watch_liveness(run: _Run, attempt: Attempt, pod: PodView) -> None:
@@ -671,6 +722,22 @@ def _failed(run: _Run, failure: Failure) -> None:
     if delay is None:
         delay = backoff.retry_delay(run.status.task_snapshot.retry, number, run.rng)
     run.retry_later(delay, f"attempt {number} failed: {failure.error.type}")
+
+
+def _reported_on_exit(run: _Run, report: TerminationReport, pod: PodView) -> None:
+    """The runner could not reach the run API, but left its outcome in the pod's status."""
+    if report.failure is not None:
+        _failed(run, report.failure)
+        return
+    assert report.completion is not None
+    if report.output_omitted:
+        _infra_failure(
+            run,
+            f"attempt {report.completion.attempt} succeeded, but its output was too large for "
+            "the termination message and the run API could not be reached to report it",
+        )
+        return
+    _complete(run, report.completion, pod)
 
 
 def _pod_ended(run: _Run, pod: PodView) -> None:

@@ -35,6 +35,10 @@ class Settings:
     output_inline_limit: int = 256 * 1024
     heartbeat_timeout: float = 300.0
     heartbeat_interval: float = 30.0
+    start_timeout: float = 600.0
+    """How long an attempt's pod may take to start the runner (scheduling, image pull,
+    imports) before it is deleted and the attempt re-run as an infrastructure failure:
+    a pod that never starts must not hold its queue slot forever."""
     task_grace: float = 10.0
     """How long a run waits for its Task to appear before failing (kubectl apply -f dir/
     may create the run before the Task)."""
@@ -44,9 +48,9 @@ class Settings:
     cancel_grace_seconds: int = 30
     workers: int = 16
     default_queue_limit: int = 100
+    """Concurrency of a queue no Queue object describes (Trigger.dev self-hosted: 100)."""
     namespace_concurrency_limit: int = 0
     """Runs executing at once per namespace across all its queues; 0: no cap."""
-    """Concurrency of a queue no Queue object describes (Trigger.dev self-hosted: 100)."""
     cpu_request_ratio: float = 1.0
     memory_request_ratio: float = 1.0
     run_as_user: int | None = None
@@ -76,6 +80,7 @@ class Settings:
             output_inline_limit=int(_env("OUTPUT_INLINE_LIMIT", str(cls.output_inline_limit))),
             heartbeat_timeout=_seconds("HEARTBEAT_TIMEOUT", "5m"),
             heartbeat_interval=_seconds("HEARTBEAT_INTERVAL", "30s"),
+            start_timeout=_seconds("START_TIMEOUT", "10m"),
             task_grace=_seconds("TASK_GRACE", "10s"),
             infra_retry_limit=int(_env("INFRA_RETRY_LIMIT", str(cls.infra_retry_limit))),
             keep_failed_pods=_env("KEEP_FAILED_PODS", "true").lower() == "true",

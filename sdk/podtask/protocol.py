@@ -74,6 +74,14 @@ EXIT_NOT_REPORTED = 1
 EXIT_CANCELED = 143
 """SIGTERM: the run was canceled (or the pod evicted); on_cancel ran."""
 
+ENV_TERMINATION_MESSAGE_PATH = "PODTASK_TERMINATION_MESSAGE_PATH"
+"""Where the runner writes its termination message; unset in a real pod, where the
+container's ``terminationMessagePath`` is the Kubernetes default below."""
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+"""The kubelet keeps at most this much of the message (MaxContainerTerminationMessageLength)."""
+TERMINATION_REPORT_PREFIX = "podtask-outcome/v1 "
+
 
 class RunInfo(StatusModel):
     """What a run knows about itself (``ctx.run`` in the task)."""
@@ -265,3 +273,54 @@ class CompleteToken(Model):
     attempt: int = Field(ge=1)
     token: str = Field(min_length=1, max_length=253)
     output: FreeJSON = None
+
+
+class TerminationReport(Model):
+    """The attempt's outcome, kept in the container's termination message.
+
+    The runner writes it before it reports over the run API, so that the outcome outlives an
+    operator outage longer than the runner's report deadline: the kubelet copies the message
+    into the pod's status, where a restarted operator finds it (DESIGN §9: level-triggered).
+    An output too large for the message is left out (``output_omitted``); the operator then
+    knows the task succeeded but cannot record its output, and retries the attempt.
+    """
+
+    completion: Completion | None = None
+    failure: Failure | None = None
+    output_omitted: bool = False
+
+    @property
+    def attempt(self) -> int | None:
+        report = self.completion or self.failure
+        return None if report is None else report.attempt
+
+    def encode(self) -> str:
+        return TERMINATION_REPORT_PREFIX + self.model_dump_json(by_alias=True, exclude_none=True)
+
+    @classmethod
+    def decode(cls, message: str | None) -> TerminationReport | None:
+        """The report in a termination message; None for anything else (logs, garbage)."""
+        if not message or not message.startswith(TERMINATION_REPORT_PREFIX):
+            return None
+        try:
+            return cls.model_validate_json(message[len(TERMINATION_REPORT_PREFIX) :])
+        except ValueError:
+            return None
+
+    @classmethod
+    def fitting(cls, report: Completion | Failure) -> TerminationReport:
+        """The report, with what does not fit in a termination message left out."""
+        whole = cls(completion=report) if isinstance(report, Completion) else cls(failure=report)
+        if len(whole.encode().encode()) <= MAX_TERMINATION_MESSAGE_BYTES:
+            return whole
+        if isinstance(report, Completion):
+            return cls(completion=Completion(attempt=report.attempt), output_omitted=True)
+        for kept in (1000, 0):
+            error = report.error.model_copy(
+                update={"message": report.error.message[:kept], "stack": None}
+            )
+            short = cls(failure=report.model_copy(update={"error": error}))
+            if len(short.encode().encode()) <= MAX_TERMINATION_MESSAGE_BYTES:
+                break
+        return short
+

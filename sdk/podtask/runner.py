@@ -6,7 +6,9 @@ Exit codes (``podtask.protocol``):
 
 * ``EXIT_REPORTED`` (0): the outcome, success or failure, was reported;
 * ``EXIT_NOT_REPORTED`` (1): it could not be (API unreachable, bad environment):
-  the operator treats the attempt as crashed;
+  the operator treats the attempt as crashed, unless the outcome is in the pod's
+  termination message (written before every report, so that an operator outage longer
+  than the report deadline loses nothing);
 * ``EXIT_CANCELED`` (143): SIGTERM (or SIGINT) while the run executed: the function
   was stopped, ``on_cancel`` hooks ran (for up to 30 s), nothing was reported.
 
@@ -46,6 +48,7 @@ from podtask.protocol import (
     Heartbeat,
     MetadataUpdate,
     RetryDecision,
+    TerminationReport,
 )
 from podtask.runapi import HttpRunApi, RunApi, RunApiError
 from podtask.tasks import Task, find_by_function
@@ -55,7 +58,10 @@ logger = logging.getLogger("podtask.runner")
 T = TypeVar("T")
 
 CONNECT_DEADLINE_SECONDS = 30.0
-REPORT_DEADLINE_SECONDS = 30.0
+REPORT_DEADLINE_SECONDS = 60.0
+UNSAVED_REPORT_PATIENCE = 10
+"""When the outcome did not fit the termination message, only the run API can carry it:
+the pod keeps trying (and holding its slot) this many times longer rather than lose it."""
 FINAL_FLUSH_DEADLINE_SECONDS = 5.0
 CANCEL_HOOKS_TIMEOUT_SECONDS = 30.0
 MIN_HEARTBEAT_INTERVAL_SECONDS = 0.05
@@ -143,6 +149,7 @@ class Runner:
         report_deadline: float = REPORT_DEADLINE_SECONDS,
         cancel_hooks_timeout: float = CANCEL_HOOKS_TIMEOUT_SECONDS,
         metadata_interval: float = metadata.FLUSH_INTERVAL_SECONDS,
+        termination_message: Path | None = None,
     ) -> None:
         self.api = api
         self.config = config
@@ -153,6 +160,7 @@ class Runner:
         self._report_deadline = report_deadline
         self._cancel_hooks_timeout = cancel_hooks_timeout
         self._metadata_interval = metadata_interval
+        self._termination_message = termination_message
 
     def run(self) -> int:
         with self._signal_handlers():
@@ -223,7 +231,8 @@ class Runner:
                 except RunCanceled:
                     return self._canceled(executor, store)
                 # From here on a cancel is only recorded: the outcome is being reported.
-                heartbeat.stop()
+                # Heartbeats go on until it is: an operator that cannot write the outcome
+                # yet (API server down) must not take the silence for a dead pod.
                 self._final_flush(store)
                 return self._report(outcome)
         finally:
@@ -287,15 +296,17 @@ class Runner:
     def _report(self, outcome: Outcome | Suspended) -> int:
         attempt = self.config.attempt
         send: Callable[[], None]
+        deadline = self._report_deadline
         if isinstance(outcome, Suspended):
             checkpoint: Checkpoint = outcome.checkpoint
             logger.info("attempt checkpointed", extra={"waiting_for": checkpoint.waiting_for.kind})
             send = functools.partial(self.api.checkpoint, checkpoint)
         elif isinstance(outcome, Succeeded):
             logger.info("attempt succeeded")
-            send = functools.partial(
-                self.api.complete, Completion(attempt=attempt, output=outcome.output)
-            )
+            completion = Completion(attempt=attempt, output=outcome.output)
+            if not self._save_outcome(completion):
+                deadline *= UNSAVED_REPORT_PATIENCE
+            send = functools.partial(self.api.complete, completion)
         else:
             reported = run_error(outcome.error)
             logger.info(
@@ -307,11 +318,11 @@ class Runner:
                     "final": outcome.final,
                 },
             )
-            send = functools.partial(
-                self.api.fail, Failure(attempt=attempt, error=reported, retry=outcome.retry)
-            )
+            failure = Failure(attempt=attempt, error=reported, retry=outcome.retry)
+            self._save_outcome(failure)
+            send = functools.partial(self.api.fail, failure)
         try:
-            self._retrying(send, self._report_deadline, "report the outcome")
+            self._retrying(send, deadline, "report the outcome")
         except RunApiError as error:
             if error.status == 409:
                 # Stale attempt, or the run already ended (maybe our own earlier try
@@ -324,6 +335,18 @@ class Runner:
             logger.error("cannot report the outcome: %s", error)
             return protocol.EXIT_NOT_REPORTED
         return protocol.EXIT_REPORTED
+
+    def _save_outcome(self, report: Completion | Failure) -> bool:
+        """Keep the outcome in the termination message; whether it was kept whole."""
+        if self._termination_message is None:
+            return False
+        saved = TerminationReport.fitting(report)
+        try:
+            self._termination_message.write_text(saved.encode())
+        except OSError as error:
+            logger.warning("cannot write the termination message: %s", error)
+            return False
+        return not saved.output_omitted
 
     def _metadata_sink(self, attempt: int) -> Callable[[dict[str, Any]], None]:
         def send(document: dict[str, Any]) -> None:
@@ -395,9 +418,24 @@ def run_from_env(
     _import_from_working_directory()
     api = HttpRunApi(config.api_url, config.token, config.namespace, config.run_name)
     try:
-        return Runner(api, config, connect_deadline=connect_deadline).run()
+        return Runner(
+            api,
+            config,
+            connect_deadline=connect_deadline,
+            termination_message=termination_message_path(env),
+        ).run()
     finally:
         api.close()
+
+
+def termination_message_path(env: Mapping[str, str]) -> Path | None:
+    """The container's termination message file, if this process runs in a pod."""
+    named = env.get(protocol.ENV_TERMINATION_MESSAGE_PATH)
+    if named:
+        return Path(named)
+    # The kubelet creates the file; elsewhere (a developer's machine) /dev is not ours.
+    default = Path(protocol.DEFAULT_TERMINATION_MESSAGE_PATH)
+    return default if default.is_file() else None
 
 
 def _import_from_working_directory() -> None:

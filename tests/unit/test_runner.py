@@ -19,6 +19,7 @@ import pytest
 from podtask import hooks as global_hook_registry
 from podtask import protocol
 from podtask._run_error import run_error
+from podtask.api.v1alpha1 import RunError
 from podtask.hooks import HookSet, retry_after
 from podtask.protocol import Completion, Failure, MetadataUpdate, RetryDecision
 from podtask.runapi import HttpRunApi, RunApiError
@@ -431,6 +432,67 @@ def test_an_unreportable_outcome_exits_not_reported() -> None:
     api.failures["complete"] = [RunApiError("busy", 503)] * 100
     code, api = run("echo", api=api, report_deadline=0.5)
     assert code == protocol.EXIT_NOT_REPORTED
+
+
+def test_the_outcome_is_kept_in_the_termination_message(tmp_path: Path) -> None:
+    api = FakeRunApi(make_context(f"{MODULE}:echo", "x"))
+    api.failures["complete"] = [RunApiError("busy", 503)] * 100
+    message = tmp_path / "termination-log"
+    code, api = run("echo", api=api, report_deadline=0.3, termination_message=message)
+    assert code == protocol.EXIT_NOT_REPORTED
+    report = protocol.TerminationReport.decode(message.read_text())
+    assert report is not None and report.completion is not None
+    assert report.completion.attempt == 1 and not report.output_omitted
+    assert report.completion.output == "x"
+
+
+def test_a_failure_is_kept_in_the_termination_message(tmp_path: Path) -> None:
+    message = tmp_path / "termination-log"
+    code, api = run("fails", termination_message=message)
+    assert code == protocol.EXIT_REPORTED
+    report = protocol.TerminationReport.decode(message.read_text())
+    assert report is not None and report.failure == failed(api)
+
+
+def test_an_output_too_large_for_the_termination_message_is_left_out(tmp_path: Path) -> None:
+    message = tmp_path / "termination-log"
+    code, _ = run("echo", "x" * 10_000, termination_message=message)
+    assert code == protocol.EXIT_REPORTED
+    text = message.read_text()
+    assert len(text.encode()) <= protocol.MAX_TERMINATION_MESSAGE_BYTES
+    report = protocol.TerminationReport.decode(text)
+    assert report is not None and report.output_omitted
+    assert report.completion is not None and report.completion.output is None
+
+
+def test_a_long_error_is_shortened_to_fit_the_termination_message() -> None:
+    error = RunError(type="ValueError", message="m" * 20_000, stack="s" * 20_000)
+    report = protocol.TerminationReport.fitting(protocol.Failure(attempt=2, error=error))
+    assert len(report.encode().encode()) <= protocol.MAX_TERMINATION_MESSAGE_BYTES
+    assert report.failure is not None and report.failure.error.type == "ValueError"
+    assert protocol.TerminationReport.decode(report.encode()) == report
+
+
+def test_only_podtask_reports_are_read_from_a_termination_message() -> None:
+    assert protocol.TerminationReport.decode(None) is None
+    assert protocol.TerminationReport.decode("Traceback (most recent call last): ...") is None
+    garbled = protocol.TERMINATION_REPORT_PREFIX + "{not json"
+    assert protocol.TerminationReport.decode(garbled) is None
+
+
+def test_heartbeats_go_on_while_the_outcome_is_being_reported() -> None:
+    # An operator that cannot write the outcome yet (API server down) answers 503; if the
+    # pod fell silent meanwhile, the operator would declare it dead.
+    context = make_context(f"{MODULE}:echo", "x").model_copy(
+        update={"heartbeat_interval_seconds": 0.05}
+    )
+    api = FakeRunApi(context)
+    api.failures["complete"] = [RunApiError("busy", 503)] * 3
+    code, api = run("echo", api=api)
+    assert code == protocol.EXIT_REPORTED
+    actions = api.actions()
+    first_try = actions.index("complete")
+    assert "heartbeat" in actions[first_try:]
 
 
 def test_a_stale_attempt_is_not_retried() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from podtask import outputs
-from podtask.api.v1alpha1 import Phase
-from podtask.protocol import EXIT_CANCELED
+from podtask.api.v1alpha1 import Phase, RunError
+from podtask.protocol import EXIT_CANCELED, Completion, Failure, TerminationReport
 from podtask_operator import backoff, naming, runstate
 from podtask_operator.runstate import DEADLINE_SLACK, DELETING_RECHECK, PodView, Reports
 from podtask_operator.settings import Settings
@@ -658,6 +658,115 @@ def test_exit_zero_without_a_report_is_a_system_failure() -> None:
     run.step()
     assert run.phase == "SystemFailure"
     assert run.error["type"] == runstate.NO_OUTCOME_REPORTED
+
+
+def _exited_with_report(name: str, code: int, report: TerminationReport) -> dict[str, Any]:
+    terminated = {"exitCode": code, "reason": "Error", "message": report.encode()}
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "phase": "Failed" if code else "Succeeded",
+            "containerStatuses": [{"state": {"terminated": terminated}}],
+        },
+    }
+
+
+def test_an_outcome_left_in_the_termination_message_completes_the_run() -> None:
+    # The runner could not reach the operator (an outage over its report deadline) and
+    # exited 1; the outcome it wrote first is in the pod's status.
+    run = RunBuilder(task=make_task(retry={"maxAttempts": 3})).executing()
+    pod = run.current_pod
+    report = TerminationReport(completion=Completion(attempt=1, output={"sent": True}))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.step()
+    assert run.phase == "Completed"
+    assert run.status["output"] == {"sent": True}
+    assert "message" not in run.attempts[0] or "podtask" not in run.attempts[0]["message"]
+
+
+def test_a_failure_left_in_the_termination_message_is_retried_as_reported() -> None:
+    run = RunBuilder(task=make_task(retry={"maxAttempts": 3})).executing()
+    pod = run.current_pod
+    failure = Failure(attempt=1, error=RunError(type="ValueError", message="bad address"))
+    report = TerminationReport(failure=failure)
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.step()
+    assert run.phase == "Queued"  # retried like a reported failure, not Crashed
+    assert run.status["error"]["type"] == "ValueError"
+    assert run.attempts[0]["counted"] is True
+
+
+def test_a_success_whose_output_was_lost_is_retried_without_using_an_attempt() -> None:
+    run = RunBuilder(task=make_task(retry={"maxAttempts": 1})).executing()
+    pod = run.current_pod
+    report = TerminationReport(completion=Completion(attempt=1), output_omitted=True)
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.step()
+    assert run.phase == "Queued"
+    assert run.attempts[0]["counted"] is False
+    assert "output was too large" in run.attempts[0]["message"]
+
+
+def test_a_termination_report_of_another_attempt_is_ignored() -> None:
+    run = RunBuilder().executing()
+    pod = run.current_pod
+    report = TerminationReport(completion=Completion(attempt=7, output=1))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.step()
+    assert run.phase == "Crashed"
+    assert run.error["type"] == runstate.PROCESS_EXITED
+
+
+def _image_pull_backoff(name: str) -> dict[str, Any]:
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": waiting}}]},
+    }
+
+
+def test_a_pod_that_never_starts_gives_its_slot_back_and_the_attempt_reruns() -> None:
+    settings = Settings(start_timeout=600.0)
+    run = RunBuilder(settings=settings).dequeued()
+    first = run.current_pod
+    run.advance(30).pods[first] = PodView.from_pod(_image_pull_backoff(first))
+    decision = run.step()
+    assert run.phase == "Dequeued" and decision.delete_pods == []
+    assert decision.requeue_after is not None and decision.requeue_after <= 571
+    run.advance(571)
+    decision = run.step()
+    assert first in decision.delete_pods
+    assert run.phase == "Queued"
+    attempt = run.attempts[0]
+    assert attempt["counted"] is False and attempt["reason"] == "InfrastructureFailure"
+    assert "did not start within 10m" in attempt["message"]
+    assert "ImagePullBackOff" in attempt["message"]
+    # The old pod is still terminating: no second pod of the run until it is gone.
+    decision = run.step()
+    assert decision.create_pod is None and run.phase == "Queued"
+    run.pod_gone(first)
+    decision = run.step(slot=True)
+    assert decision.create_pod is not None and decision.create_pod.name != first
+    assert run.phase == "Dequeued" and run.status["attempt"] == 1
+
+
+def test_an_unschedulable_pod_says_why_it_waits() -> None:
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient memory.",
+                }
+            ],
+        },
+    }
+    view = PodView.from_pod(pod)
+    assert view.waiting == "Unschedulable: 0/1 nodes are available: 1 Insufficient memory."
 
 
 def disrupted_pod(name: str) -> dict[str, Any]:
