@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from podtask import outputs
+from podtask._trigger import DEFAULT_IDEMPOTENCY_KEY_TTL
 from podtask.api.base import Condition
 from podtask.api.durations import format_duration, parse_duration
 from podtask.api.v1alpha1 import (
@@ -454,6 +455,13 @@ def _admit_to_queue(run: _Run) -> None:
     spec = run.spec
     assert spec is not None
     run.status.created_at = run.status.created_at or run.created
+    if spec.idempotency_key and run.status.idempotency_key_expires_at is None:
+        # The SDK decides from the run's creation time too (podtask._trigger); written
+        # here so that `kubectl get -o yaml` shows when the key stops deduplicating.
+        key_ttl = _seconds(spec.idempotency_key_ttl) if spec.idempotency_key_ttl else None
+        run.status.idempotency_key_expires_at = run.created + timedelta(
+            seconds=DEFAULT_IDEMPOTENCY_KEY_TTL.total_seconds() if key_ttl is None else key_ttl
+        )
     delay_until = spec.delay_until or (
         run.created + timedelta(seconds=_seconds(spec.delay)) if spec.delay else None
     )

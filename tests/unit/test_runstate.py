@@ -717,6 +717,22 @@ def test_a_termination_report_of_another_attempt_is_ignored() -> None:
     assert run.error["type"] == runstate.PROCESS_EXITED
 
 
+@pytest.mark.parametrize(("ttl", "seconds"), [(None, 30 * 86400), ("2h", 7200)])
+def test_admission_records_when_the_idempotency_key_expires(ttl: str | None, seconds: int) -> None:
+    spec: dict[str, Any] = {"idempotencyKey": "order-1"}
+    if ttl:
+        spec["idempotencyKeyTTL"] = ttl
+    run = RunBuilder(**spec)
+    run.step()
+    assert run.status["idempotencyKeyExpiresAt"] == iso(T0 + timedelta(seconds=seconds))
+
+
+def test_a_run_without_an_idempotency_key_has_no_expiry() -> None:
+    run = RunBuilder()
+    run.step()
+    assert "idempotencyKeyExpiresAt" not in run.status
+
+
 def _image_pull_backoff(name: str) -> dict[str, Any]:
     waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "nope:1"'}
     return {
