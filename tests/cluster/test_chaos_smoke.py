@@ -13,11 +13,6 @@ import pytest
 from tests.bench.kube import private_cluster
 from tests.chaos.harness import ChaosConfig, markdown, run_chaos
 
-# Out of the CI tier for now: it failed once in a fresh-clone CI run (on its own private
-# cluster, while it passed when run alone); see the session note. `pytest -m chaos
-# tests/cluster/test_chaos_smoke.py` runs it.
-pytestmark = pytest.mark.chaos
-
 SMOKE = ChaosConfig(
     runs=120,
     submit_rate=10.0,
