@@ -51,14 +51,16 @@ from podtask.protocol import (
     MetadataUpdate,
     RunContext,
     RunInfo,
+    RunTriggerRequest,
+    RunTriggerResponse,
     TokenInfo,
     TriggerRequest,
     TriggerResponse,
     WaitRequest,
     WaitResponse,
 )
+from podtask_operator import detached, naming, waits
 from podtask_operator import kube as k
-from podtask_operator import naming, waits
 from podtask_operator.kube import ApiError, Kube
 from podtask_operator.metrics import OperatorMetrics
 from podtask_operator.podspec import build_pod
@@ -780,6 +782,20 @@ class Controller:
         ]
         await asyncio.gather(*(create(n, m) for n, m in zip(names, manifests, strict=True)))
         return TriggerResponse(runs=names)
+
+    async def trigger_detached(
+        self, namespace: str, name: str, body: RunTriggerRequest
+    ) -> RunTriggerResponse:
+        """A plain trigger/batch_trigger inside the run: children nobody waits for."""
+        run = self._in_flight(namespace, name, body.attempt)
+        return await detached.trigger(
+            self.kube,
+            run,
+            body,
+            tasks=self.tasks,
+            on_created=lambda child: self.on_run("ADDED", child),
+            on_api_error=lambda status: self.metrics.api_errors.labels("create", str(status)).inc(),
+        )
 
     async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
         self._in_flight(namespace, name, body.attempt)

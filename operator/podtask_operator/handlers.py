@@ -26,6 +26,7 @@ from podtask_operator.dispatcher import Dispatcher
 from podtask_operator.kube import GROUP_PATH, Kube
 from podtask_operator.metrics import OperatorMetrics
 from podtask_operator.runapi import RunApiMetrics, create_app, start_run_api
+from podtask_operator.runevents import RunWatchers
 from podtask_operator.settings import Settings
 from podtask_operator.tokens import RunTokens, load_or_create_key
 
@@ -56,9 +57,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await controller.prime()
     await dispatcher.prime(controller.runs)
     controller.start()
-    app = create_app(controller, RunTokens(key), metrics=RunApiMetrics(REGISTRY))
+    # Run pods follow runs through the run API; the TaskRun watch below wakes them.
+    watchers = RunWatchers(controller.runs)
+    app = create_app(controller, RunTokens(key), metrics=RunApiMetrics(REGISTRY), watchers=watchers)
     app.router.add_get("/metrics", _metrics)
     memo.controller = controller
+    memo.watchers = watchers
     memo.dispatcher = dispatcher
     memo.queue_status = asyncio.create_task(dispatcher.status_loop())
     memo.kube = kube
@@ -107,6 +111,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "taskruns")
 async def taskrun_event(type: str, body: kopf.Body, memo: Any, **_: Any) -> None:
     memo.controller.on_run(type, _plain(body))
+    memo.watchers.changed(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.on.event(GROUP, VERSION, "tasks")

@@ -39,6 +39,11 @@ M}}`` (422 adds ``"fields"``: the dotted locations that failed), with ``T`` one 
 ``ERROR_*`` constants below.  Every answer, errors included, is counted in
 :class:`RunApiMetrics`.
 
+``GET …/events`` streams a run as Server-Sent Events (:mod:`podtask_operator.runevents`):
+the addressed run itself, or with ``?run=<name>`` one of its children (a run whose
+``spec.parentRun`` it is); any other run gets **403**, with the same body whether it
+exists or not.  ``?closeOnComplete=false`` keeps the stream open after a final phase.
+
 ``GET /healthz`` answers 200 without a token, for the operator's probes.
 """
 
@@ -60,6 +65,7 @@ from podtask import protocol
 from podtask.api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from podtask.protocol import (
     Checkpoint,
+    ChildRun,
     CompleteToken,
     Completion,
     CreateToken,
@@ -68,6 +74,8 @@ from podtask.protocol import (
     JournalUpdate,
     MetadataUpdate,
     RunContext,
+    RunTriggerRequest,
+    RunTriggerResponse,
     TokenInfo,
     TriggerRequest,
     TriggerResponse,
@@ -75,6 +83,7 @@ from podtask.protocol import (
     WaitResponse,
 )
 
+from .runevents import RunWatchers
 from .tokens import RunTokens, is_well_formed
 
 logger = logging.getLogger(__name__)
@@ -224,6 +233,13 @@ class RunBackend(Protocol):
         """Create the child runs of one journal position (idempotently)."""
         ...
 
+    async def trigger_detached(
+        self, namespace: str, name: str, body: RunTriggerRequest
+    ) -> RunTriggerResponse:
+        """Create the runs of a plain trigger at one journal position (idempotently), one
+        answer item per run."""
+        ...
+
     async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
         """Whether a wait is over (with its results), waiting up to ``block_seconds``."""
         ...
@@ -361,6 +377,7 @@ def _middleware(metrics: RunApiMetrics | None) -> Middleware:
 _BACKEND: Final = web.AppKey("backend", RunBackend)
 _TOKENS: Final = web.AppKey("tokens", RunTokens)
 _BODY_LIMIT: Final = web.AppKey("body_limit", int)
+_WATCHERS: Final = web.AppKey("watchers", RunWatchers)
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -481,8 +498,17 @@ async def _fail(request: web.Request) -> web.StreamResponse:
 
 async def _trigger(request: web.Request) -> web.StreamResponse:
     namespace, name = _authorize(request)
-    body = await _read_body(request, TriggerRequest)
-    return _model_response(await request.app[_BACKEND].trigger(namespace, name, body))
+    # A superset of TriggerRequest: what a runner that waits for its children sends fits.
+    body = await _read_body(request, RunTriggerRequest)
+    backend = request.app[_BACKEND]
+    if body.detached:
+        return _model_response(await backend.trigger_detached(namespace, name, body))
+    waited = TriggerRequest(
+        attempt=body.attempt,
+        position=body.position,
+        runs=[ChildRun(spec=child.spec, labels=child.labels) for child in body.runs],
+    )
+    return _model_response(await backend.trigger(namespace, name, waited))
 
 
 async def _wait(request: web.Request) -> web.StreamResponse:
@@ -518,13 +544,59 @@ async def _complete_token(request: web.Request) -> web.StreamResponse:
     return _ok_response()
 
 
+def _flag_query(request: web.Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value not in ("true", "false"):
+        raise _RejectError(
+            422, ERROR_INVALID_REQUEST, f"{name}: must be true or false", fields=[name]
+        )
+    return value == "true"
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    namespace, name = _authorize(request)
+    watchers = request.app.get(_WATCHERS)
+    if watchers is None:
+        raise _RejectError(404, ERROR_NOT_FOUND, "this operator serves no events")
+    target = request.query.get("run") or name
+    if len(target) > _MAX_NAME or not _NAME_RE.fullmatch(target):
+        raise _RejectError(422, ERROR_INVALID_REQUEST, "run: not a run name", fields=["run"])
+    close_on_complete = _flag_query(request, "closeOnComplete", True)
+    if not watchers.may_follow(namespace, name, target):
+        # The same answer for a run that exists and one that does not: no probing.
+        raise _RejectError(
+            403,
+            ERROR_FORBIDDEN,
+            f"run {name} may follow only itself and its child runs, not {target}",
+        )
+    response = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_TYPE: "text/event-stream",
+            hdrs.CACHE_CONTROL: "no-cache",
+            "X-Accel-Buffering": "no",  # proxies must pass events on at once
+        }
+    )
+    await response.prepare(request)
+    try:
+        async for chunk in watchers.follow(namespace, target, close_on_complete=close_on_complete):
+            await response.write(chunk)
+    except ConnectionError:
+        pass  # the subscriber went away
+    except Exception:
+        # The answer has begun: it can end, but no longer become an error answer.
+        logger.exception("run API: events of %s/%s failed", namespace, target)
+    return response
+
+
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return _ok_response()
 
 
 # (method, action, handler) of each per-run route, under /v1/runs/{namespace}/{name}/.
-# The action is also the route's name and its metrics label.  A new endpoint (wait,
-# trigger, the events stream) is one more row.
+# The action is also the route's name and its metrics label.  A new endpoint is one
+# more row.
 _RUN_ROUTES: Final[tuple[tuple[str, str, _Handler], ...]] = (
     (hdrs.METH_GET, "context", _context),
     (hdrs.METH_POST, "heartbeat", _heartbeat),
@@ -537,6 +609,7 @@ _RUN_ROUTES: Final[tuple[tuple[str, str, _Handler], ...]] = (
     (hdrs.METH_POST, "journal", _journal),
     (hdrs.METH_POST, "token", _token),
     (hdrs.METH_POST, "complete_token", _complete_token),
+    (hdrs.METH_GET, protocol.EVENTS_ACTION, _events),
 )
 
 
@@ -546,14 +619,26 @@ def create_app(
     *,
     body_limit: int = protocol.DEFAULT_BODY_LIMIT,
     metrics: RunApiMetrics | None = None,
+    watchers: RunWatchers | None = None,
 ) -> web.Application:
-    """The run API as an aiohttp application (serve it with :func:`start_run_api`)."""
+    """The run API as an aiohttp application (serve it with :func:`start_run_api`).
+
+    ``watchers`` serves ``GET …/events``; without it that endpoint answers 404.
+    """
     if body_limit < 1:
         raise ValueError("body_limit must be positive")
     app = web.Application(client_max_size=body_limit, middlewares=[_middleware(metrics)])
     app[_BACKEND] = backend
     app[_TOKENS] = tokens
     app[_BODY_LIMIT] = body_limit
+    if watchers is not None:
+        app[_WATCHERS] = watchers
+
+        async def end_streams(_: web.Application) -> None:
+            # Open streams would hold shutdown for its whole timeout; clients reconnect.
+            watchers.close()
+
+        app.on_shutdown.append(end_streams)
     for method, action, handler in _RUN_ROUTES:
         path = protocol.run_path("{namespace}", "{name}", action)
         app.router.add_route(method, path, handler, name=action)

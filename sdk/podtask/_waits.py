@@ -217,6 +217,15 @@ class WaitSession:
         self.broken = self.broken or error
         return error
 
+    def diverged(self, error: ReplayDivergedError) -> AbortTaskRunError:
+        """A replay found the journal at odds with the code: the attempt fails with ``error``."""
+        return self._break(error)
+
+    @property
+    def call_deadline(self) -> float:
+        """How long a journalled call retries a run API that does not answer."""
+        return self._call_deadline
+
     def record(self, position: int, entry: JournalEntry) -> None:
         assert position == len(self.entries), "journal positions are taken in order"
         self.entries.append(entry)

@@ -21,14 +21,14 @@ import asyncio
 import base64
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, cast, overload
 
-from podtask import _runview, outputs
+from podtask import _inrun, _runview, outputs
 from podtask._akube import AsyncBackend, AsyncKubeBackend, load_async_api_client
 from podtask._kube import namespace_from_config
 from podtask._runenv import current_run
@@ -59,6 +59,7 @@ from podtask.client import (
     _selector,
     batch_items,
     batch_items_error,
+    batch_name,
     in_run_unavailable,
     item_parts,
     replay_body,
@@ -158,6 +159,21 @@ class AsyncBatchHandle(Generic[R]):
         return self
 
 
+def _in_run_handle(
+    client: AsyncClient, outcome: _inrun.Outcome, plan: RunPlan, batch_id: str | None
+) -> AsyncRunHandle[Any]:
+    if outcome.error is not None:
+        raise outcome.error
+    return AsyncRunHandle(
+        id=outcome.name,
+        namespace=plan.namespace,
+        task_identifier=plan.task,
+        is_cached=outcome.cached,
+        batch_id=batch_id,
+        client=client,
+    )
+
+
 def _handle(client: AsyncClient, triggered: Triggered, plan: RunPlan) -> AsyncRunHandle[Any]:
     meta = triggered.run.get("metadata") or {}
     return AsyncRunHandle(
@@ -195,6 +211,9 @@ class AsyncClient:
         self._backend = backend
         self._namespace = namespace
         self._owns_api = False
+        # As the sync client: without a way of its own, a running task's calls about its
+        # own namespace go through the run API.
+        self._explicit = any(x is not None for x in (api, kubeconfig, context, backend))
         self.verify_tasks = verify_tasks
         self.batch_concurrency = max(1, batch_concurrency)
         self._lock = asyncio.Lock()
@@ -326,9 +345,19 @@ class AsyncClient:
         """See :meth:`podtask.Client.trigger`."""
         task_id, validate = task_identity(task)
         ns = self._ns(namespace)
-        plan = plan_run(
-            task_id, payload, options, namespace=ns, parent=current_run(), validate=validate
-        )
+        session = _inrun.session_for(self._explicit, ns)
+        parent = _inrun.parent(session) if session is not None else current_run()
+        plan = plan_run(task_id, payload, options, namespace=ns, parent=parent, validate=validate)
+        if session is not None:
+            _, [outcome] = await asyncio.to_thread(
+                _inrun.trigger,
+                session,
+                "trigger_async",
+                task_id,
+                [(0, plan)],
+                verify_tasks=self.verify_tasks,
+            )
+            return _in_run_handle(self, outcome, plan, None)
         if self.verify_tasks:
             await self.check_task(task_id, ns)
         return _handle(self, await self._drive(trigger_flow(plan)), plan)
@@ -402,7 +431,8 @@ class AsyncClient:
         entries = batch_items(items)
         ns = self._ns(namespace)
         batch_id = new_batch_id(batch_key, ns)
-        parent = current_run()
+        session = _inrun.session_for(self._explicit, ns)
+        parent = _inrun.parent(session) if session is not None else current_run()
         results: list[AsyncRunHandle[Any] | BatchItemError | None] = [None] * len(entries)
         plans: list[tuple[int, RunPlan]] = []
         for index, item in enumerate(entries):
@@ -416,13 +446,34 @@ class AsyncClient:
                     options,
                     namespace=ns,
                     parent=parent,
-                    batch=(batch_id, index),
+                    # Inside a run the batch id comes from the journal position.
+                    batch=(batch_id, index) if session is None else None,
                     validate=validate,
                 )
             except (PodtaskError, TypeError) as error:
                 results[index] = BatchItemError(index, task_id, _podtask_error(error))
                 continue
             plans.append((index, plan))
+        if session is not None:
+            if plans:
+                made_id, outcomes = await asyncio.to_thread(
+                    _inrun.trigger,
+                    session,
+                    "batch_trigger_async",
+                    batch_name(plans),
+                    plans,
+                    verify_tasks=self.verify_tasks,
+                    batch=True,
+                    batch_key=batch_key,
+                )
+                batch_id = made_id or batch_id
+                for (index, plan), outcome in zip(plans, outcomes, strict=True):
+                    try:
+                        results[index] = _in_run_handle(self, outcome, plan, batch_id)
+                    except PodtaskError as error:
+                        results[index] = BatchItemError(index, plan.task, error)
+            made = [r for r in results if r is not None]
+            return AsyncBatchHandle(batch_id=batch_id, namespace=ns, items=made)
         if self.verify_tasks:
             missing: dict[str, PodtaskError] = {}
             for task_id in sorted({plan.task for _, plan in plans}):
@@ -466,7 +517,17 @@ class AsyncClient:
         self, run: str | AsyncRunHandle[Any] | TaskRun, namespace: str | None = None
     ) -> TaskRun:
         name, ns = run_name(run)
-        return TaskRun.model_validate(await self._get_run(name, namespace or ns or self.namespace))
+        ns = namespace or ns or self.namespace
+        session = _inrun.session_for(self._explicit, ns)
+        if session is not None:
+            try:
+                async with aclosing(_inrun.afollow(session, name)) as found:
+                    async for current in found:
+                        return TaskRun.model_validate(current)
+                raise RunNotFoundError(f"no run {name!r} in namespace {ns!r}", name, ns)
+            except _inrun.NotFollowable:
+                pass  # neither this run nor its child: the Kubernetes API may serve it
+        return TaskRun.model_validate(await self._get_run(name, ns))
 
     async def list(
         self,
@@ -559,6 +620,30 @@ class AsyncClient:
         """See :meth:`podtask.Client.subscribe`."""
         name, ns = run_name(run)
         ns = namespace or ns or self.namespace
+        session = _inrun.session_for(self._explicit, ns)
+        if session is not None:
+            try:
+                async with aclosing(
+                    _inrun.afollow(
+                        session, name, close_on_complete=close_on_complete, timeout=timeout
+                    )
+                ) as found:
+                    async for current in found:
+                        yield TaskRun.model_validate(current)
+                return
+            except _inrun.NotFollowable:
+                pass  # neither this run nor its child: the Kubernetes API may serve it
+        async with aclosing(self._watch(name, ns, close_on_complete, timeout)) as watched:
+            async for seen in watched:
+                yield seen
+
+    async def _watch(
+        self,
+        name: str,
+        ns: str,
+        close_on_complete: bool,
+        timeout: float | None,  # noqa: ASYNC109 - as subscribe's
+    ) -> AsyncGenerator[TaskRun]:
         deadline = None if timeout is None else time.monotonic() + timeout
         current = await self._get_run(name, ns)
         backend = await self.backend()

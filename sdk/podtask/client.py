@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack, cast, overload
 
-from podtask import _runview, outputs
+from podtask import _inrun, _runview, outputs
 from podtask._kube import Backend, KubeBackend, load_api_client, namespace_from_config
 from podtask._runenv import CurrentRun, current_run
 from podtask._trigger import (
@@ -340,14 +340,35 @@ def token_completion(token: dict[str, Any], output: Any, now: datetime) -> dict[
 
 
 def in_run_unavailable(error: PodtaskError, run: CurrentRun) -> TriggerUnavailableError:
-    # Seam: when the run API serves POST .../trigger (child runs) and GET .../events,
-    # a run-API transport replaces this error, and the parent link and waits go through it.
     return TriggerUnavailableError(
         f"run {run.namespace}/{run.name} cannot reach the Kubernetes API ({error}). Run pods "
-        "have no credentials by default, and triggering through the run API is not available "
-        "yet: give the Task a serviceAccountName whose Role may create, get, list and watch "
-        "taskruns (and read tasks) in this namespace."
+        "have no Kubernetes credentials by default. While a task runs, trigger and "
+        "batch_trigger in its own namespace, and subscribe, poll, result and retrieve of the "
+        "run itself and of its child runs, go through the run API; anything else (another "
+        "namespace or run, list, cancel, replay, logs, outputs too large for the run's "
+        "status) needs the Kubernetes API: give the Task a serviceAccountName whose Role "
+        "allows it (e.g. create, get, list and watch taskruns, and get tasks)."
     )
+
+
+def in_run_handle(
+    client: Client, outcome: _inrun.Outcome, plan: RunPlan, batch_id: str | None
+) -> RunHandle[Any]:
+    if outcome.error is not None:
+        raise outcome.error
+    return RunHandle(
+        id=outcome.name,
+        namespace=plan.namespace,
+        task_identifier=plan.task,
+        is_cached=outcome.cached,
+        batch_id=batch_id,
+        client=client,
+    )
+
+
+def batch_name(plans: Sequence[tuple[int, RunPlan]]) -> str:
+    """What a batch made inside a run is called in the journal: its task ids."""
+    return ",".join(dict.fromkeys(plan.task for _, plan in plans))
 
 
 # --------------------------------------------------------------------------- the client
@@ -383,6 +404,9 @@ class Client:
         self._backend = backend
         self._namespace = namespace
         self._owns_api = False
+        # Given a way to the cluster, the client uses it even inside a run; otherwise a
+        # running task's calls about its own namespace go through the run API.
+        self._explicit = any(x is not None for x in (api, kubeconfig, context, backend))
         self.verify_tasks = verify_tasks
         self.batch_concurrency = max(1, batch_concurrency)
         self._lock = threading.Lock()
@@ -522,12 +546,19 @@ class Client:
         The payload is validated first (a ``schema_task``'s schema, or JSON), then
         the options; neither failure creates anything.  With an
         ``idempotency_key`` a repeated trigger returns the existing run with
-        ``is_cached=True``.  Inside a run the new run is linked to it as its child.
+        ``is_cached=True``.  Inside a run the new run is linked to it as its child, and
+        in the run's namespace the operator creates it (through the run API).
         """
         task_id, validate = task_identity(task)
-        parent = current_run()
         ns = self._ns(namespace)
+        session = _inrun.session_for(self._explicit, ns)
+        parent = _inrun.parent(session) if session is not None else current_run()
         plan = plan_run(task_id, payload, options, namespace=ns, parent=parent, validate=validate)
+        if session is not None:
+            _, [outcome] = _inrun.trigger(
+                session, "trigger", task_id, [(0, plan)], verify_tasks=self.verify_tasks
+            )
+            return in_run_handle(self, outcome, plan, None)
         if self.verify_tasks:
             self.check_task(task_id, ns)
         return _handle(self, self._drive(trigger_flow(plan)), plan)
@@ -609,7 +640,8 @@ class Client:
         entries = batch_items(items)
         ns = self._ns(namespace)
         batch_id = new_batch_id(batch_key, ns)
-        parent = current_run()
+        session = _inrun.session_for(self._explicit, ns)
+        parent = _inrun.parent(session) if session is not None else current_run()
         results: list[RunHandle[Any] | BatchItemError | None] = [None] * len(entries)
         plans: list[tuple[int, RunPlan]] = []
         for index, item in enumerate(entries):
@@ -623,13 +655,33 @@ class Client:
                     options,
                     namespace=ns,
                     parent=parent,
-                    batch=(batch_id, index),
+                    # Inside a run the batch id comes from the journal position.
+                    batch=(batch_id, index) if session is None else None,
                     validate=validate,
                 )
             except (PodtaskError, TypeError) as error:
                 results[index] = BatchItemError(index, task_id, _podtask_error(error))
                 continue
             plans.append((index, plan))
+        if session is not None:
+            if plans:
+                made_id, outcomes = _inrun.trigger(
+                    session,
+                    "batch_trigger",
+                    batch_name(plans),
+                    plans,
+                    verify_tasks=self.verify_tasks,
+                    batch=True,
+                    batch_key=batch_key,
+                )
+                batch_id = made_id or batch_id
+                for (index, plan), outcome in zip(plans, outcomes, strict=True):
+                    try:
+                        results[index] = in_run_handle(self, outcome, plan, batch_id)
+                    except PodtaskError as error:
+                        results[index] = BatchItemError(index, plan.task, error)
+            made = [r for r in results if r is not None]
+            return BatchHandle(batch_id=batch_id, namespace=ns, items=made)
         if self.verify_tasks:
             missing: dict[str, PodtaskError] = {}
             for task_id in sorted({plan.task for _, plan in plans}):
@@ -675,7 +727,16 @@ class Client:
     ) -> TaskRun:
         """The run as stored now (spec and status)."""
         name, ns = run_name(run)
-        return TaskRun.model_validate(self._get_run(name, namespace or ns or self.namespace))
+        ns = namespace or ns or self.namespace
+        session = _inrun.session_for(self._explicit, ns)
+        if session is not None:
+            try:
+                for found in _inrun.follow(session, name):
+                    return TaskRun.model_validate(found)
+                raise RunNotFoundError(f"no run {name!r} in namespace {ns!r}", name, ns)
+            except _inrun.NotFollowable:
+                pass  # neither this run nor its child: the Kubernetes API may serve it
+        return TaskRun.model_validate(self._get_run(name, ns))
 
     def list(
         self,
@@ -764,13 +825,29 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[TaskRun]:
         """The run now, then again at every change of its status (phase, attempt,
-        metadata, output, error) or tags, from a watch on the API server.
+        metadata, output, error) or tags, from a watch on the API server (inside a run,
+        for the run itself and its children, from the run API's events).
 
         Ends after a final phase (unless ``close_on_complete`` is false), when the
         run is deleted, or after ``timeout`` seconds.
         """
         name, ns = run_name(run)
         ns = namespace or ns or self.namespace
+        session = _inrun.session_for(self._explicit, ns)
+        if session is not None:
+            try:
+                for found in _inrun.follow(
+                    session, name, close_on_complete=close_on_complete, timeout=timeout
+                ):
+                    yield TaskRun.model_validate(found)
+                return
+            except _inrun.NotFollowable:
+                pass  # neither this run nor its child: the Kubernetes API may serve it
+        yield from self._watch(name, ns, close_on_complete, timeout)
+
+    def _watch(
+        self, name: str, ns: str, close_on_complete: bool, timeout: float | None
+    ) -> Iterator[TaskRun]:
         deadline = None if timeout is None else time.monotonic() + timeout
         current = self._get_run(name, ns)
         last = ""

@@ -324,3 +324,56 @@ class TerminationReport(Model):
                 break
         return short
 
+
+# ------------------------------------------------------------------- plain triggers and events
+#
+#   POST /v1/runs/{namespace}/{name}/trigger  <- RunTriggerRequest -> RunTriggerResponse
+#   GET  /v1/runs/{namespace}/{name}/events?run=<child>&closeOnComplete=false
+#        -> text/event-stream of EVENT_RUN / EVENT_DELETED events
+
+EVENTS_ACTION = "events"
+EVENTS_KEEPALIVE_SECONDS = 15.0
+"""The events stream sends an SSE comment at least this often, so a dead peer shows."""
+EVENT_RUN = "run"
+"""An event whose data is the TaskRun as the operator sees it now (status and metadata)."""
+EVENT_DELETED = "deleted"
+"""The subscribed run was deleted; the stream ends after it."""
+
+
+class TriggerChild(ChildRun):
+    """One run a plain ``trigger``/``batch_trigger`` makes inside a run."""
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RunTriggerRequest(Model):
+    """POST …/trigger: :class:`TriggerRequest`, or with ``detached`` the children of a
+    plain ``trigger``/``batch_trigger`` that nobody waits for.
+
+    A detached child with an idempotency key is named by its key (as outside a run), so
+    the run holding the key is the answer (``cached``); the others are named by the
+    position, as waited-for children are.  Each child answers on its own: one that cannot
+    be made is an error item, the others are made all the same.
+    """
+
+    attempt: int = Field(ge=1)
+    position: int = Field(ge=0)
+    runs: list[TriggerChild] = Field(min_length=1, max_length=MAX_BATCH_WAIT_RUNS)
+    detached: bool = False
+    verify_tasks: bool = False
+    """Detached only: a child whose Task is not deployed in the namespace is an error item."""
+
+
+class TriggeredRun(StatusModel):
+    """One child of a detached trigger: made, found under its idempotency key, or refused."""
+
+    name: str = ""
+    cached: bool = False
+    error: RunError | None = None
+    status: int | None = None
+    """The API server's HTTP status when it refused the child."""
+
+
+class RunTriggerResponse(TriggerResponse):
+    items: list[TriggeredRun] = Field(default_factory=list)
+    """Detached only: one item per child, in the order of the request."""

@@ -7,6 +7,8 @@ an in-memory fake; :class:`HttpRunApi` is the real client.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -24,6 +26,8 @@ from podtask.protocol import (
     JournalUpdate,
     MetadataUpdate,
     RunContext,
+    RunTriggerRequest,
+    RunTriggerResponse,
     TokenInfo,
     TriggerRequest,
     TriggerResponse,
@@ -31,12 +35,14 @@ from podtask.protocol import (
     WaitResponse,
 )
 
-__all__ = ["HttpRunApi", "RunApi", "RunApiError"]
+__all__ = ["HttpRunApi", "RunApi", "RunApiError", "RunEvent"]
 
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _EXCERPT = 300
 # A long poll (POST …/wait) answers within its block_seconds; allow for that on top.
 _LONG_POLL_MARGIN = 30.0
+# An events stream is quiet for at most a keepalive interval; three of them is a dead peer.
+EVENTS_READ_TIMEOUT = 3 * protocol.EVENTS_KEEPALIVE_SECONDS
 
 M = TypeVar("M", bound=Model)
 
@@ -61,6 +67,46 @@ class RunApiError(PodtaskError):
         return self.status is None or self.status in _TRANSIENT_STATUSES
 
 
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of a run's events stream: ``kind`` is ``protocol.EVENT_RUN`` (``data`` is
+    the TaskRun) or ``protocol.EVENT_DELETED``."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+class _EventReader:
+    """Server-Sent Events from lines; a comment (the keepalive) reads as None."""
+
+    def __init__(self) -> None:
+        self._kind = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> list[RunEvent | None]:
+        if line.startswith(":"):
+            return [None]
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self._kind = value
+            elif field == "data":
+                self._data.append(value)
+            return []
+        kind, data = self._kind or "message", "\n".join(self._data)
+        self._kind, self._data = "", []
+        if not data:
+            return []
+        try:
+            document = json.loads(data)
+        except ValueError as error:
+            raise RunApiError(
+                f"the run API sent an event podtask cannot read: {error}", transient=False
+            ) from error
+        return [RunEvent(kind, document if isinstance(document, dict) else {})]
+
+
 class RunApi(Protocol):
     """The calls a runner makes for its one run."""
 
@@ -75,6 +121,24 @@ class RunApi(Protocol):
     def fail(self, body: Failure) -> None: ...
 
     def trigger(self, body: TriggerRequest) -> TriggerResponse: ...
+
+    def trigger_detached(self, body: RunTriggerRequest) -> RunTriggerResponse: ...
+
+    def events(
+        self,
+        run: str | None = None,
+        *,
+        close_on_complete: bool = True,
+        read_timeout: float = EVENTS_READ_TIMEOUT,
+    ) -> Generator[RunEvent | None]: ...
+
+    def aevents(
+        self,
+        run: str | None = None,
+        *,
+        close_on_complete: bool = True,
+        read_timeout: float = EVENTS_READ_TIMEOUT,
+    ) -> AsyncGenerator[RunEvent | None]: ...
 
     def wait(self, body: WaitRequest) -> WaitResponse: ...
 
@@ -104,9 +168,11 @@ class HttpRunApi:
     ) -> None:
         self._namespace = namespace
         self._name = name
+        self._base_url = base_url
+        self._headers = {"Authorization": f"Bearer {token}"}
         self._client = httpx.Client(
             base_url=base_url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers=self._headers,
             # A 10 MiB output may take a while to upload; connecting should not.
             timeout=timeout or httpx.Timeout(30.0, connect=5.0),
             transport=transport,
@@ -137,6 +203,64 @@ class HttpRunApi:
 
     def trigger(self, body: TriggerRequest) -> TriggerResponse:
         return self._read(self._post("trigger", body), TriggerResponse)
+
+    def trigger_detached(self, body: RunTriggerRequest) -> RunTriggerResponse:
+        return self._read(self._post("trigger", body), RunTriggerResponse)
+
+    def _events_request(
+        self, run: str | None, close_on_complete: bool, read_timeout: float
+    ) -> tuple[str, dict[str, str], httpx.Timeout]:
+        params = {"run": run} if run else {}
+        if not close_on_complete:
+            params["closeOnComplete"] = "false"
+        path = protocol.run_path(self._namespace, self._name, protocol.EVENTS_ACTION)
+        return path, params, httpx.Timeout(read_timeout, connect=5.0)
+
+    def events(
+        self,
+        run: str | None = None,
+        *,
+        close_on_complete: bool = True,
+        read_timeout: float = EVENTS_READ_TIMEOUT,
+    ) -> Generator[RunEvent | None]:
+        """The events of this run, or of its child ``run``: the run now, then at every
+        change, None at every keepalive; a stream that stays silent ``read_timeout``
+        seconds raises a transient :class:`RunApiError`."""
+        path, params, timeout = self._events_request(run, close_on_complete, read_timeout)
+        reader = _EventReader()
+        try:
+            with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    raise _refused("GET", path, response)
+                for line in response.iter_lines():
+                    yield from reader.feed(line)
+        except httpx.TransportError as error:
+            raise RunApiError(f"GET {path}: {type(error).__name__}: {error}") from error
+
+    async def aevents(
+        self,
+        run: str | None = None,
+        *,
+        close_on_complete: bool = True,
+        read_timeout: float = EVENTS_READ_TIMEOUT,
+    ) -> AsyncGenerator[RunEvent | None]:
+        """:meth:`events` for async code (a connection of its own, in the running loop)."""
+        path, params, timeout = self._events_request(run, close_on_complete, read_timeout)
+        reader = _EventReader()
+        try:
+            async with (
+                httpx.AsyncClient(base_url=self._base_url, headers=self._headers) as client,
+                client.stream("GET", path, params=params, timeout=timeout) as response,
+            ):
+                if response.status_code >= 300:
+                    await response.aread()
+                    raise _refused("GET", path, response)
+                async for line in response.aiter_lines():
+                    for event in reader.feed(line):
+                        yield event
+        except httpx.TransportError as error:
+            raise RunApiError(f"GET {path}: {type(error).__name__}: {error}") from error
 
     def wait(self, body: WaitRequest) -> WaitResponse:
         timeout = httpx.Timeout(body.block_seconds + _LONG_POLL_MARGIN, connect=5.0)
@@ -182,8 +306,12 @@ class HttpRunApi:
         except httpx.TransportError as error:
             raise RunApiError(f"{method} {path}: {type(error).__name__}: {error}") from error
         if response.status_code >= 300:
-            raise RunApiError(
-                f"{method} {path}: HTTP {response.status_code}: {response.text[:_EXCERPT]}",
-                status=response.status_code,
-            )
+            raise _refused(method, path, response)
         return response
+
+
+def _refused(method: str, path: str, response: httpx.Response) -> RunApiError:
+    return RunApiError(
+        f"{method} {path}: HTTP {response.status_code}: {response.text[:_EXCERPT]}",
+        status=response.status_code,
+    )

@@ -27,7 +27,10 @@ from podtask.protocol import (
     RetryDecision,
     RunContext,
     RunInfo,
+    RunTriggerRequest,
+    RunTriggerResponse,
     TokenInfo,
+    TriggeredRun,
     TriggerRequest,
     TriggerResponse,
     WaitRequest,
@@ -46,6 +49,7 @@ from podtask_operator.runapi import (
     create_app,
     start_run_api,
 )
+from podtask_operator.runevents import RunWatchers
 from podtask_operator.tokens import RunTokens
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -119,6 +123,13 @@ class FakeBackend:
             runs=[f"{name}-a1p{body.position}-{i}" for i in range(len(body.runs))]
         )
 
+    async def trigger_detached(
+        self, namespace: str, name: str, body: RunTriggerRequest
+    ) -> RunTriggerResponse:
+        self._record("trigger_detached", namespace, name, body)
+        names = [f"{name}-a1p{body.position}-{i}" for i in range(len(body.runs))]
+        return RunTriggerResponse(runs=names, items=[TriggeredRun(name=n) for n in names])
+
     async def wait(self, namespace: str, name: str, body: WaitRequest) -> WaitResponse:
         self._record("wait", namespace, name, body)
         results = [
@@ -147,6 +158,9 @@ class Harness:
     backend: FakeBackend
     registry: CollectorRegistry
     body_limit: int
+    runs: dict[tuple[str, str], dict[str, Any]]
+    """The cache the events stream reads (the controller's ``runs``)."""
+    watchers: RunWatchers
 
     async def call(
         self,
@@ -186,14 +200,22 @@ MakeHarness = Callable[..., Awaitable[Harness]]
 async def make_harness() -> AsyncIterator[MakeHarness]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(*, body_limit: int = 1024 * 1024) -> Harness:
+    async def make(*, body_limit: int = 1024 * 1024, keepalive: float = 15.0) -> Harness:
         backend = FakeBackend()
         registry = CollectorRegistry()
-        app = create_app(backend, TOKENS, body_limit=body_limit, metrics=RunApiMetrics(registry))
+        runs: dict[tuple[str, str], dict[str, Any]] = {}
+        watchers = RunWatchers(runs, keepalive=keepalive)
+        app = create_app(
+            backend,
+            TOKENS,
+            body_limit=body_limit,
+            metrics=RunApiMetrics(registry),
+            watchers=watchers,
+        )
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
-        return Harness(client, backend, registry, body_limit)
+        return Harness(client, backend, registry, body_limit, runs, watchers)
 
     yield make
     for client in clients:
@@ -706,3 +728,213 @@ async def test_wait_errors_map_to_statuses(
     api.backend.raises["complete_token"] = error
     response = await api.call("complete_token", body=WAIT_BODIES["complete_token"])
     assert await assert_error(response, status, error_type) == str(error)
+
+
+async def test_a_detached_trigger_reaches_its_own_backend_call(api: Harness) -> None:
+    body = {
+        "attempt": 1,
+        "position": 3,
+        "runs": [
+            {
+                "spec": {"task": "child", "payload": 1, "idempotencyKey": "k"},
+                "labels": {"team": "a"},
+                "annotations": {"podtask.dev/batch-index": "4"},
+            }
+        ],
+        "detached": True,
+        "verifyTasks": True,
+    }
+    response = await api.call("trigger", body=body)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert answer == {
+        "runs": [f"{RUN}-a1p3-0"],
+        "items": [{"name": f"{RUN}-a1p3-0", "cached": False}],
+    }
+    [(action, namespace, name, request)] = api.backend.calls
+    assert (action, namespace, name) == ("trigger_detached", NS, RUN)
+    assert isinstance(request, RunTriggerRequest)
+    assert request.verify_tasks and request.position == 3
+    [child] = request.runs
+    assert child.spec.idempotency_key == "k"
+    assert child.annotations == {"podtask.dev/batch-index": "4"}
+    assert api.count("trigger", 200) == 1
+
+
+async def test_a_detached_trigger_refuses_unknown_fields(api: Harness) -> None:
+    body = {**WAIT_BODIES["trigger"], "detached": True, "runAs": "admin"}
+    message = await assert_error(await api.call("trigger", body=body), 422, "InvalidRequest")
+    assert "runAs" in message
+    assert api.backend.calls == []
+
+
+# --- the events stream ----------------------------------------------------------------------
+
+
+def taskrun(name: str, phase: str | None = "Executing", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "podtask.dev/v1alpha1",
+        "kind": "TaskRun",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": "u",
+            "resourceVersion": "1",
+            "managedFields": [{"manager": "kube-controller-manager"}],
+        },
+        "spec": {"task": "t", **spec},
+        "status": {"phase": phase} if phase else {},
+    }
+
+
+async def open_events(
+    api: Harness, query: str = "", token: str = TOKEN, name: str = RUN
+) -> aiohttp.ClientResponse:
+    path = run_path(NS, name, "events") + (f"?{query}" if query else "")
+    return await api.client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+
+async def next_event(response: aiohttp.ClientResponse) -> tuple[str, Any] | None:
+    """The next event of the stream, keepalives skipped; None at its end."""
+    fields: dict[str, str] = {}
+    async with asyncio.timeout(5):
+        while True:
+            raw = await response.content.readline()
+            if not raw:
+                assert not fields, "the stream ended inside an event"
+                return None
+            line = raw.decode().rstrip("\n")
+            if line.startswith(":"):
+                continue
+            if not line:
+                if fields:
+                    return fields["event"], json.loads(fields["data"])
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+
+
+def change(api: Harness, name: str, **status: Any) -> None:
+    run = api.runs[(NS, name)]
+    api.runs[(NS, name)] = {**run, "status": {**run["status"], **status}}
+    api.watchers.changed(NS, name)
+
+
+async def test_events_stream_the_run_then_each_change_and_end_after_the_final_one(
+    api: Harness,
+) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    response = await open_events(api)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    event = await next_event(response)
+    assert event is not None
+    kind, run = event
+    assert kind == "run" and run["status"] == {"phase": "Executing"}
+    assert "managedFields" not in run["metadata"] and run["metadata"]["uid"] == "u"
+    change(api, RUN, metadata={"progress": 0.5})
+    event = await next_event(response)
+    assert event is not None
+    assert event[1]["status"] == {"phase": "Executing", "metadata": {"progress": 0.5}}
+    # A change no subscriber can see (here: none at all) sends nothing.
+    api.watchers.changed(NS, RUN)
+    await asyncio.sleep(0.05)  # the stream looks at the cache meanwhile
+    change(api, RUN, phase="Completed", output={"n": 1})
+    event = await next_event(response)
+    assert event is not None and event[1]["status"]["output"] == {"n": 1}
+    assert await next_event(response) is None
+    assert api.watchers.followers(NS, RUN) == 0
+    assert api.count("events", 200) == 1
+
+
+async def test_a_run_may_follow_its_children_and_nothing_else(api: Harness) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    api.runs[(NS, "kid")] = taskrun("kid", "Queued", parentRun=RUN)
+    api.runs[(NS, OTHER)] = taskrun(OTHER)
+    api.runs[(NS, "not-mine")] = taskrun("not-mine", parentRun=OTHER)
+    response = await open_events(api, "run=kid")
+    event = await next_event(response)
+    assert event is not None and event[1]["metadata"]["name"] == "kid"
+    response.close()
+    refused = {}
+    for target in (OTHER, "not-mine", "ghost"):
+        answer = await open_events(api, f"run={target}")
+        refused[target] = (answer.status, (await answer.json())["error"]["type"])
+    assert refused == {t: (403, "Forbidden") for t in (OTHER, "not-mine", "ghost")}
+    # The other run's own token opens its own stream and its child's.
+    mine = await open_events(api, "run=not-mine", token=OTHER_TOKEN, name=OTHER)
+    assert mine.status == 200
+    mine.close()
+
+
+async def test_events_need_the_runs_token(api: Harness) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    await assert_error(await open_events(api, token=OTHER_TOKEN), 403, "Forbidden")
+    no_token = await api.client.get(run_path(NS, RUN, "events"))
+    await assert_error(no_token, 401, "Unauthorized")
+
+
+@pytest.mark.parametrize("query", ["run=Not_A_Name", "closeOnComplete=maybe", "run=" + "a" * 254])
+async def test_events_refuse_bad_queries(api: Harness, query: str) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    await assert_error(await open_events(api, query), 422, "InvalidRequest")
+
+
+async def test_a_deleted_run_ends_its_stream_with_a_deleted_event(api: Harness) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    api.runs[(NS, "kid")] = taskrun("kid", parentRun=RUN)
+    response = await open_events(api, "run=kid")
+    assert (await next_event(response) or ("", {}))[0] == "run"
+    del api.runs[(NS, "kid")]
+    api.watchers.changed(NS, "kid")
+    assert await next_event(response) == ("deleted", {"namespace": NS, "name": "kid"})
+    assert await next_event(response) is None
+
+
+async def test_close_on_complete_false_follows_a_final_run_until_it_goes(api: Harness) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    api.runs[(NS, "kid")] = taskrun("kid", "Completed", parentRun=RUN)
+    response = await open_events(api, "run=kid&closeOnComplete=false")
+    assert (await next_event(response) or ("", {}))[1]["status"] == {"phase": "Completed"}
+    change(api, "kid", metadata={"late": True})
+    event = await next_event(response)
+    assert event is not None and event[1]["status"]["metadata"] == {"late": True}
+    del api.runs[(NS, "kid")]
+    api.watchers.changed(NS, "kid")
+    assert (await next_event(response) or ("", {}))[0] == "deleted"
+
+
+async def test_quiet_streams_send_keepalives_and_notice_a_subscriber_gone(
+    make_harness: MakeHarness,
+) -> None:
+    api = await make_harness(keepalive=0.05)
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    response = await open_events(api)
+    await next_event(response)
+    async with asyncio.timeout(5):
+        assert (await response.content.readline()) == b": keepalive\n"
+    assert api.watchers.followers(NS, RUN) == 1
+    response.close()
+    # The server learns of it at its next write: the next keepalive.
+    for _ in range(250):
+        if not api.watchers.followers(NS, RUN):
+            break
+        await asyncio.sleep(0.02)
+    assert api.watchers.followers(NS, RUN) == 0
+
+
+async def test_shutting_down_ends_open_streams(api: Harness) -> None:
+    api.runs[(NS, RUN)] = taskrun(RUN)
+    response = await open_events(api)
+    await next_event(response)
+    await api.client.server.app.shutdown()
+    assert await next_event(response) is None
+
+
+async def test_an_app_without_watchers_serves_no_events() -> None:
+    app = create_app(FakeBackend(), TOKENS)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get(
+            run_path(NS, RUN, "events"), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        await assert_error(response, 404, "NotFound")
