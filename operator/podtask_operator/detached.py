@@ -93,8 +93,15 @@ def not_deployed(task: str, namespace: str, tasks: Mapping[tuple[str, str], Any]
     )
 
 
-async def drive(kube: Kube, flow: Generator[Op, Any, Triggered]) -> Triggered:
-    """Carry out the SDK's trigger flow with the operator's client."""
+async def drive(
+    kube: Kube, flow: Generator[Op, Any, Triggered], *, made_by: str | None = None
+) -> Triggered:
+    """Carry out the SDK's trigger flow with the operator's client.
+
+    A run found under the key that the trigger ``made_by`` made (:data:`ANNOTATION_TRIGGER`)
+    is the answer even if its key was released since: the same trigger sent again (a
+    journal that was not durable yet) gets its child back, not a second one.
+    """
     value: Any = None
     error: KubernetesApiError | None = None
     while True:
@@ -109,6 +116,11 @@ async def drive(kube: Kube, flow: Generator[Op, Any, Triggered]) -> Triggered:
                 value = await kube.create(k.runs_path(op.namespace), op.body)
             elif isinstance(op, GetRun):
                 value = await kube.request("GET", k.runs_path(op.namespace, op.name))
+                meta = value.get("metadata") or {}
+                made = (meta.get("annotations") or {}).get(ANNOTATION_TRIGGER)
+                if made_by is not None and made == made_by and not meta.get("deletionTimestamp"):
+                    flow.close()
+                    return Triggered(value, cached=False)
             elif isinstance(op, DeleteRun):
                 await kube.delete(k.runs_path(op.namespace, op.name), uid=op.uid)
             elif isinstance(op, Sleep):
@@ -166,7 +178,7 @@ async def trigger(
                     made, cached = await _create_own(kube, namespace, name, manifest), False
                 else:
                     plan = RunPlan(namespace=namespace, task=task, body=manifest, name=keyed)
-                    found = await drive(kube, trigger_flow(plan))
+                    found = await drive(kube, trigger_flow(plan), made_by=trigger_id)
                     annotations = (found.run.get("metadata") or {}).get("annotations") or {}
                     # Found under the key but made by this very trigger (sent again): ours.
                     cached = found.cached and annotations.get(ANNOTATION_TRIGGER) != trigger_id

@@ -500,6 +500,18 @@ async def _trigger(request: web.Request) -> web.StreamResponse:
     namespace, name = _authorize(request)
     # A superset of TriggerRequest: what a runner that waits for its children sends fits.
     body = await _read_body(request, RunTriggerRequest)
+    # The operator would read it with its own rights and give it to the child's pod: a
+    # run pod must not reach the namespace's Secrets and ConfigMaps that way.
+    borrowed = [
+        f"runs.{i}.spec.payloadFrom" for i, c in enumerate(body.runs) if c.spec.payload_from
+    ]
+    if borrowed:
+        raise _RejectError(
+            422,
+            ERROR_INVALID_REQUEST,
+            f"{borrowed[0]}: a run's child runs take their payload inline",
+            fields=borrowed,
+        )
     backend = request.app[_BACKEND]
     if body.detached:
         return _model_response(await backend.trigger_detached(namespace, name, body))

@@ -85,10 +85,15 @@ class RunWatchers:
         self._followers[key].add(woken)
         try:
             last: str | None = None
+            uid: str | None = None
             while not self._closed:
                 woken.clear()  # before looking: a change while we look wakes the next wait
                 run = self._runs.get(key)
-                if run is None:
+                # A run made again under the name (a released idempotency key) is another
+                # run, maybe not the subscriber's to see: the one followed is gone.
+                found = None if run is None else (run.get("metadata") or {}).get("uid")
+                uid = uid or found
+                if run is None or found != uid:
                     yield sse(protocol.EVENT_DELETED, {"namespace": namespace, "name": name})
                     return
                 seen = change_key(run)

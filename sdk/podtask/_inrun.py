@@ -249,6 +249,7 @@ class _Follow:
     deadline: float | None
     clock: Callable[[], float]
     last: str = ""
+    uid: str | None = None
     connected: bool = False
     give_up: float | None = None
     delay: float = _FIRST_RETRY_SECONDS
@@ -276,6 +277,12 @@ class _Follow:
             return None, over
         self.give_up, self.delay = None, _FIRST_RETRY_SECONDS
         run = event.data
+        uid = (run.get("metadata") or {}).get("uid")
+        self.uid = self.uid or uid
+        if uid != self.uid:
+            # A new run under the same name (its idempotency key was released and used
+            # again): the run followed is gone, as when it is deleted.
+            return None, True
         key = change_key(run)
         fresh = run if key != self.last else None
         self.last = key
