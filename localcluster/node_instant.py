@@ -164,7 +164,7 @@ class InstantRunner:
             if action == "complete"
             else TerminationReport.fitting(Failure.model_validate(body))
         )
-        message = report.encode()
+        message = report.encode(token)
         beating = asyncio.ensure_future(self._hold(base, token, attempt, float("inf"), interval))
         try:
             await self._call("POST", f"{base}/{action}", token, body, REPORT_DEADLINE_SECONDS)

@@ -394,10 +394,15 @@ class Controller:
             journal=reports.journal,
         )
         children, tokens = self._wait_facts(key[0], run, seen)
+        # The token signs what the runner left in its pod's termination message.
+        run_token = self.tokens.issue(key[0], key[1], run["metadata"]["uid"])
         facts = RunFacts(
             run=run,
             task=self._task_spec(key[0], run),
-            pods={name: PodView.from_pod(pod) for name, pod in self.pods[key].items()},
+            pods={
+                name: PodView.from_pod(pod, run_token=run_token)
+                for name, pod in self.pods[key].items()
+            },
             reports=seen,
             now=datetime.now(UTC),
             operator_started=self.started_at,

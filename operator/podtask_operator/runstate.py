@@ -64,6 +64,7 @@ CHECKPOINTED = "Checkpointed"
 # (the node enforces activeDeadlineSeconds first; this covers a node that doesn't).
 DEADLINE_SLACK = 30.0
 DELETING_RECHECK = 5.0
+STUCK_DELETE_SLACK = 60.0
 CHECKPOINT_EXIT_GRACE = 30.0
 """A pod that checkpointed exits by itself within moments; after this long it is deleted."""
 WAITING_RECHECK = 300.0
@@ -87,6 +88,8 @@ class PodView:
     """The runner's outcome from the termination message, if it left one."""
     waiting: str | None = None
     """Why a pod that has not started is waiting (unschedulable, image pull), if it says."""
+    delete_by: datetime | None = None
+    """A deleting pod's deletionTimestamp: when its grace period ends."""
 
     @property
     def terminal(self) -> bool:
@@ -97,7 +100,9 @@ class PodView:
         return self.phase == "Running"
 
     @classmethod
-    def from_pod(cls, pod: dict[str, Any]) -> PodView:
+    def from_pod(cls, pod: dict[str, Any], run_token: str | None = None) -> PodView:
+        """The view of ``pod``; its termination report counts only if signed with the
+        run's token (``run_token``; without it, no report is read)."""
         status = pod.get("status") or {}
         terminated: dict[str, Any] = {}
         running_since = None
@@ -118,11 +123,12 @@ class PodView:
             for c in status.get("conditions") or []
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason")
         ]
-        report = TerminationReport.decode(terminated.get("message"))
+        report = TerminationReport.decode(terminated.get("message"), run_token)
         return cls(
             name=pod["metadata"]["name"],
             phase=status.get("phase") or "Pending",
             deleting=bool(pod["metadata"].get("deletionTimestamp")),
+            delete_by=_time(pod["metadata"].get("deletionTimestamp")),
             exit_code=terminated.get("exitCode"),
             reason=reason,
             # A report is no message for people: the attempt's record would quote JSON.
@@ -506,7 +512,14 @@ def _queued(run: _Run) -> None:
     if status.next_attempt_at and status.next_attempt_at > run.now:
         run.decision.wake_in((status.next_attempt_at - run.now).total_seconds())
         return
-    live = [name for name, pod in run.facts.pods.items() if not pod.terminal]
+    live = [
+        name
+        for name, pod in run.facts.pods.items()
+        if not pod.terminal
+        # A pod on a lost node keeps its deletionTimestamp for ever; past its grace (and
+        # some slack) it is taken for gone, as the node lifecycle controller would.
+        and not (pod.delete_by and (run.now - pod.delete_by).total_seconds() > STUCK_DELETE_SLACK)
+    ]
     if live:
         # Never two pods of one run: a pod given up on (it never started) could still
         # start its runner, and a re-run attempt has the same number.
@@ -648,11 +661,17 @@ def _watch_start(run: _Run, attempt: Attempt, pod: PodView) -> None:
     """A pod that never starts (unschedulable, an image that cannot be pulled) gives its
     slot back after ``start_timeout`` and the attempt is re-run; after too many such
     failures the run ends SystemFailure, saying why the pods waited."""
-    since = attempt.dequeued_at or run.facts.operator_started or run.now
-    waited = (run.now - since).total_seconds()
+    started = run.facts.operator_started
+    since = attempt.dequeued_at or started or run.now
+    give_up_at = since + timedelta(seconds=run.settings.start_timeout)
+    if pod.running and started:
+        # A restarted operator has forgotten that the runner called in (if it did); a
+        # live runner heartbeats within an interval, which moves the run to Executing.
+        heard_by = started + timedelta(seconds=2 * run.settings.heartbeat_interval)
+        give_up_at = max(give_up_at, heard_by)
     timeout = run.settings.start_timeout
-    if waited <= timeout:
-        run.decision.wake_in(timeout - waited + 1)
+    if run.now <= give_up_at:
+        run.decision.wake_in((give_up_at - run.now).total_seconds() + 1)
         return
     run.decision.delete_pods.append(pod.name)
     why = pod.waiting or f"pod phase {pod.phase}"

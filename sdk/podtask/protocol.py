@@ -29,6 +29,8 @@ already ended; 413 body over the limit; 422 a body that does not validate.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -283,6 +285,10 @@ class TerminationReport(Model):
     into the pod's status, where a restarted operator finds it (DESIGN §9: level-triggered).
     An output too large for the message is left out (``output_omitted``); the operator then
     knows the task succeeded but cannot record its output, and retries the attempt.
+
+    Signed with the run's token (HMAC-SHA256): with ``FallbackToLogsOnError`` a crashed
+    container's message is its log tail, and a task that logs untrusted text must not let
+    that text pose as its outcome.  Wire form: ``<prefix><hex signature> <JSON>``.
     """
 
     completion: Completion | None = None
@@ -294,24 +300,34 @@ class TerminationReport(Model):
         report = self.completion or self.failure
         return None if report is None else report.attempt
 
-    def encode(self) -> str:
-        return TERMINATION_REPORT_PREFIX + self.model_dump_json(by_alias=True, exclude_none=True)
+    def encode(self, token: str) -> str:
+        body = self.model_dump_json(by_alias=True, exclude_none=True)
+        return f"{TERMINATION_REPORT_PREFIX}{_sign(token, body)} {body}"
 
     @classmethod
-    def decode(cls, message: str | None) -> TerminationReport | None:
-        """The report in a termination message; None for anything else (logs, garbage)."""
-        if not message or not message.startswith(TERMINATION_REPORT_PREFIX):
+    def decode(cls, message: str | None, token: str | None) -> TerminationReport | None:
+        """The report in a termination message signed with ``token``; None for anything
+        else (logs, garbage, a signature that does not match)."""
+        if not message or not token or not message.startswith(TERMINATION_REPORT_PREFIX):
+            return None
+        signature, _, body = message[len(TERMINATION_REPORT_PREFIX) :].partition(" ")
+        if not hmac.compare_digest(signature, _sign(token, body)):
             return None
         try:
-            return cls.model_validate_json(message[len(TERMINATION_REPORT_PREFIX) :])
+            return cls.model_validate_json(body)
         except ValueError:
             return None
+
+    def fits(self) -> bool:
+        body = self.model_dump_json(by_alias=True, exclude_none=True)
+        signed = len(TERMINATION_REPORT_PREFIX) + _SIGNATURE_LENGTH + 1 + len(body.encode())
+        return signed <= MAX_TERMINATION_MESSAGE_BYTES
 
     @classmethod
     def fitting(cls, report: Completion | Failure) -> TerminationReport:
         """The report, with what does not fit in a termination message left out."""
         whole = cls(completion=report) if isinstance(report, Completion) else cls(failure=report)
-        if len(whole.encode().encode()) <= MAX_TERMINATION_MESSAGE_BYTES:
+        if whole.fits():
             return whole
         if isinstance(report, Completion):
             return cls(completion=Completion(attempt=report.attempt), output_omitted=True)
@@ -320,9 +336,16 @@ class TerminationReport(Model):
                 update={"message": report.error.message[:kept], "stack": None}
             )
             short = cls(failure=report.model_copy(update={"error": error}))
-            if len(short.encode().encode()) <= MAX_TERMINATION_MESSAGE_BYTES:
+            if short.fits():
                 break
         return short
+
+
+_SIGNATURE_LENGTH = 64  # hex of HMAC-SHA256
+
+
+def _sign(token: str, body: str) -> str:
+    return hmac.new(token.encode(), body.encode(), hashlib.sha256).hexdigest()
 
 
 # ------------------------------------------------------------------- plain triggers and events

@@ -342,7 +342,7 @@ class Runner:
             return False
         saved = TerminationReport.fitting(report)
         try:
-            self._termination_message.write_text(saved.encode())
+            self._termination_message.write_text(saved.encode(self.config.token))
         except OSError as error:
             logger.warning("cannot write the termination message: %s", error)
             return False

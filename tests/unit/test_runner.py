@@ -440,7 +440,7 @@ def test_the_outcome_is_kept_in_the_termination_message(tmp_path: Path) -> None:
     message = tmp_path / "termination-log"
     code, api = run("echo", api=api, report_deadline=0.3, termination_message=message)
     assert code == protocol.EXIT_NOT_REPORTED
-    report = protocol.TerminationReport.decode(message.read_text())
+    report = protocol.TerminationReport.decode(message.read_text(), TOKEN)
     assert report is not None and report.completion is not None
     assert report.completion.attempt == 1 and not report.output_omitted
     assert report.completion.output == "x"
@@ -450,7 +450,7 @@ def test_a_failure_is_kept_in_the_termination_message(tmp_path: Path) -> None:
     message = tmp_path / "termination-log"
     code, api = run("fails", termination_message=message)
     assert code == protocol.EXIT_REPORTED
-    report = protocol.TerminationReport.decode(message.read_text())
+    report = protocol.TerminationReport.decode(message.read_text(), TOKEN)
     assert report is not None and report.failure == failed(api)
 
 
@@ -460,7 +460,7 @@ def test_an_output_too_large_for_the_termination_message_is_left_out(tmp_path: P
     assert code == protocol.EXIT_REPORTED
     text = message.read_text()
     assert len(text.encode()) <= protocol.MAX_TERMINATION_MESSAGE_BYTES
-    report = protocol.TerminationReport.decode(text)
+    report = protocol.TerminationReport.decode(text, TOKEN)
     assert report is not None and report.output_omitted
     assert report.completion is not None and report.completion.output is None
 
@@ -468,16 +468,23 @@ def test_an_output_too_large_for_the_termination_message_is_left_out(tmp_path: P
 def test_a_long_error_is_shortened_to_fit_the_termination_message() -> None:
     error = RunError(type="ValueError", message="m" * 20_000, stack="s" * 20_000)
     report = protocol.TerminationReport.fitting(protocol.Failure(attempt=2, error=error))
-    assert len(report.encode().encode()) <= protocol.MAX_TERMINATION_MESSAGE_BYTES
+    assert len(report.encode(TOKEN).encode()) <= protocol.MAX_TERMINATION_MESSAGE_BYTES
     assert report.failure is not None and report.failure.error.type == "ValueError"
-    assert protocol.TerminationReport.decode(report.encode()) == report
+    assert protocol.TerminationReport.decode(report.encode(TOKEN), TOKEN) == report
 
 
 def test_only_podtask_reports_are_read_from_a_termination_message() -> None:
-    assert protocol.TerminationReport.decode(None) is None
-    assert protocol.TerminationReport.decode("Traceback (most recent call last): ...") is None
-    garbled = protocol.TERMINATION_REPORT_PREFIX + "{not json"
-    assert protocol.TerminationReport.decode(garbled) is None
+    decode = protocol.TerminationReport.decode
+    assert decode(None, TOKEN) is None
+    assert decode("Traceback (most recent call last): ...", TOKEN) is None
+    assert decode(protocol.TERMINATION_REPORT_PREFIX + "{not json", TOKEN) is None
+    report = protocol.TerminationReport(completion=Completion(attempt=1, output="x"))
+    assert decode(report.encode(TOKEN), TOKEN) == report
+    # A log tail (FallbackToLogsOnError) imitating a report, without the run's token:
+    assert decode(report.encode("another-runs-token"), TOKEN) is None
+    assert decode(report.encode(TOKEN), None) is None
+    unsigned = protocol.TERMINATION_REPORT_PREFIX + report.model_dump_json(by_alias=True)
+    assert decode(unsigned, TOKEN) is None
 
 
 def test_heartbeats_go_on_while_the_outcome_is_being_reported() -> None:

@@ -660,8 +660,13 @@ def test_exit_zero_without_a_report_is_a_system_failure() -> None:
     assert run.error["type"] == runstate.NO_OUTCOME_REPORTED
 
 
-def _exited_with_report(name: str, code: int, report: TerminationReport) -> dict[str, Any]:
-    terminated = {"exitCode": code, "reason": "Error", "message": report.encode()}
+RUN_TOKEN = "t" * 43
+
+
+def _exited_with_report(
+    name: str, code: int, report: TerminationReport, token: str = RUN_TOKEN
+) -> dict[str, Any]:
+    terminated = {"exitCode": code, "reason": "Error", "message": report.encode(token)}
     return {
         "metadata": {"name": name},
         "status": {
@@ -677,7 +682,7 @@ def test_an_outcome_left_in_the_termination_message_completes_the_run() -> None:
     run = RunBuilder(task=make_task(retry={"maxAttempts": 3})).executing()
     pod = run.current_pod
     report = TerminationReport(completion=Completion(attempt=1, output={"sent": True}))
-    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report), RUN_TOKEN)
     run.step()
     assert run.phase == "Completed"
     assert run.status["output"] == {"sent": True}
@@ -689,7 +694,7 @@ def test_a_failure_left_in_the_termination_message_is_retried_as_reported() -> N
     pod = run.current_pod
     failure = Failure(attempt=1, error=RunError(type="ValueError", message="bad address"))
     report = TerminationReport(failure=failure)
-    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report), RUN_TOKEN)
     run.step()
     assert run.phase == "Queued"  # retried like a reported failure, not Crashed
     assert run.status["error"]["type"] == "ValueError"
@@ -700,18 +705,29 @@ def test_a_success_whose_output_was_lost_is_retried_without_using_an_attempt() -
     run = RunBuilder(task=make_task(retry={"maxAttempts": 1})).executing()
     pod = run.current_pod
     report = TerminationReport(completion=Completion(attempt=1), output_omitted=True)
-    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report), RUN_TOKEN)
     run.step()
     assert run.phase == "Queued"
     assert run.attempts[0]["counted"] is False
     assert "output was too large" in run.attempts[0]["message"]
 
 
+def test_a_termination_report_not_signed_with_the_runs_token_is_ignored() -> None:
+    run = RunBuilder().executing()
+    pod = run.current_pod
+    report = TerminationReport(completion=Completion(attempt=1, output="forged"))
+    body = _exited_with_report(pod, 1, report, token="u" * 43)
+    run.advance(5).pods[pod] = PodView.from_pod(body, RUN_TOKEN)
+    run.step()
+    assert run.phase == "Crashed"
+    assert run.error["type"] == runstate.PROCESS_EXITED
+
+
 def test_a_termination_report_of_another_attempt_is_ignored() -> None:
     run = RunBuilder().executing()
     pod = run.current_pod
     report = TerminationReport(completion=Completion(attempt=7, output=1))
-    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report))
+    run.advance(5).pods[pod] = PodView.from_pod(_exited_with_report(pod, 1, report), RUN_TOKEN)
     run.step()
     assert run.phase == "Crashed"
     assert run.error["type"] == runstate.PROCESS_EXITED
@@ -764,6 +780,34 @@ def test_a_pod_that_never_starts_gives_its_slot_back_and_the_attempt_reruns() ->
     decision = run.step(slot=True)
     assert decision.create_pod is not None and decision.create_pod.name != first
     assert run.phase == "Dequeued" and run.status["attempt"] == 1
+
+
+def test_a_restarted_operator_gives_a_running_pod_time_to_be_heard_from() -> None:
+    # The runner called in before the restart, but the write of Executing was lost: the
+    # restarted operator must not take the pod for one that never started.
+    settings = Settings(start_timeout=600.0, heartbeat_interval=30.0)
+    run = RunBuilder(settings=settings).dequeued()
+    pod = run.current_pod
+    run.advance(700).pod(pod, "Running", started_at=run.now)
+    run.operator_started = run.now
+    decision = run.step()
+    assert run.phase == "Dequeued" and decision.delete_pods == []
+    assert decision.requeue_after is not None and decision.requeue_after <= 61
+    decision = run.step(last_heartbeat=run.now)
+    assert run.phase == "Executing"
+
+
+def test_a_pod_stuck_deleting_on_a_lost_node_does_not_block_the_rerun() -> None:
+    settings = Settings(start_timeout=60.0)
+    run = RunBuilder(settings=settings).dequeued()
+    first = run.current_pod
+    run.advance(61)
+    run.step()
+    assert run.phase == "Queued" and run.pods[first].deleting
+    run.pod_update(first, delete_by=run.now + timedelta(seconds=30))
+    assert run.advance(60).step(slot=True).create_pod is None  # within grace + slack
+    decision = run.advance(31).step(slot=True)
+    assert decision.create_pod is not None and run.phase == "Dequeued"
 
 
 def test_an_unschedulable_pod_says_why_it_waits() -> None:
@@ -1130,6 +1174,7 @@ def test_pod_view_reads_a_pod_from_the_api() -> None:
         reason="OOMKilled",
         started_at=datetime(2026, 3, 1, 11, 59, tzinfo=UTC),
         finished_at=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        delete_by=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
     )
     assert view.terminal and not view.running and not view.disrupted
 
