@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -590,8 +591,19 @@ async def test_subscribe_ends_at_its_timeout_and_when_the_child_goes(pod: Pod) -
     handle = await pod.call(lambda: child.trigger({"n": 1}))
     quiet = await pod.call(lambda: list(runs.subscribe(handle, timeout=0.5)))
     assert len(quiet) == 1
-    gone = asyncio.ensure_future(pod.call(lambda: list(runs.subscribe(handle))))
-    await _until_followed(pod, handle.id)
+    first = threading.Event()
+
+    def follow() -> list[Any]:
+        seen = []
+        for run in runs.subscribe(handle):
+            seen.append(run)
+            first.set()
+        return seen
+
+    gone = asyncio.ensure_future(pod.call(follow))
+    # Deleted only once the stream has said where the run stands: a stream opened after
+    # the run went is refused (the run is not there to follow) rather than told "deleted".
+    assert await asyncio.to_thread(first.wait, 10)
     pod.controller.on_run("DELETED", pod.controller.runs[(NS, handle.id)])
     pod.watchers.changed(NS, handle.id)
     assert len(await asyncio.wait_for(gone, 10)) == 1
@@ -621,15 +633,19 @@ async def test_the_async_client_follows_a_child_live(pod: Pod) -> None:
 
     assert (await pod.call(lambda: asyncio.run(retrieve()))).spec.payload == {"n": 1}
 
+    first = threading.Event()
+
     async def in_task() -> list[Any]:
+        steps = []
         async with AsyncClient() as client:
-            return [
-                r.status and (r.status.metadata or {}).get("step")
-                async for r in client.subscribe(handle.id)
-            ]
+            async for r in client.subscribe(handle.id):
+                steps.append(r.status and (r.status.metadata or {}).get("step"))
+                first.set()
+        return steps
 
     seen = asyncio.ensure_future(pod.call(lambda: asyncio.run(in_task())))
-    await _until_followed(pod, handle.id)
+    # Changed only once the first event (the run as it stands) has arrived.
+    assert await asyncio.to_thread(first.wait, 10)
     pod.set_status(handle.id, phase="Executing", metadata={"step": 1})
     await asyncio.sleep(0.05)
     pod.set_status(handle.id, phase="Failed")
