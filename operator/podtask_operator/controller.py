@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -91,7 +91,10 @@ log = logging.getLogger("podtask.controller")
 
 RunKey = tuple[str, str]
 REPORT_WAIT_SECONDS = 60.0
-QUOTA_RETRY_SECONDS = 1.0
+QUOTA_RETRY_SECONDS = (0.1, 5.0)
+"""A pod the queue's ResourceQuota refused is tried again after the first, doubling up to
+the second.  The usual refusal is brief: the quota controller subtracts a pod that has
+stopped (and so freed its slot) only some moments after it stopped."""
 ERROR_RETRY_SECONDS = 2.0
 CHILD_CREATES_AT_ONCE = 16
 BLOCKED_CHILD_SECONDS = 1.0
@@ -136,6 +139,19 @@ def _newer(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         return True
 
 
+def _cached_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a pod: its metadata and status.  Stopped pods are kept
+    until their run is deleted, so the cache holds many: without the spec and the
+    managedFields, one takes about a third of the memory."""
+    meta = {k: v for k, v in pod["metadata"].items() if k != "managedFields"}
+    return {"metadata": meta, "status": pod.get("status") or {}}
+
+
+def _same_version(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    version = new["metadata"].get("resourceVersion")
+    return version is not None and old["metadata"].get("resourceVersion") == version
+
+
 def _key(body: dict[str, Any]) -> RunKey:
     return body["metadata"]["namespace"], body["metadata"]["name"]
 
@@ -176,6 +192,8 @@ class Controller:
         self.primed = asyncio.Event()
         self.wait_tokens: dict[RunKey, dict[str, Any]] = {}
         self._token_timers: dict[RunKey, asyncio.TimerHandle] = {}
+        # Pod creates the ResourceQuota refused in a row, by run: the next try backs off.
+        self._quota_refusals: dict[RunKey, int] = {}
         # Runs whose pod long-polls POST …/wait: set when a child or token changes.
         self._pollers: dict[RunKey, asyncio.Event] = {}
 
@@ -328,10 +346,16 @@ class Controller:
             return
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         key = (namespace, run)
+        pods = self.pods[key]
+        old = pods.get(name)
         if event == "DELETED":
-            self.pods[key].pop(name, None)
-        elif _newer(self.pods[key].get(name), body):
-            self.pods[key][name] = body
+            pods.pop(name, None)
+        elif old is not None and (_same_version(old, body) or not _newer(old, body)):
+            return  # a version the cache holds (maybe marked deleting by us) or an older one
+        else:
+            pods[name] = body = _cached_pod(body)
+            if old is not None and PodView.from_pod(old) == PodView.from_pod(body):
+                return  # nothing a decision reads changed (scheduled, an IP, our own echo)
         self.queue.add(key)
 
     # ------------------------------------------------------------------ workers
@@ -377,6 +401,7 @@ class Controller:
         if run is None:
             await self.admission.release(key, None)
             self.reports.pop(key, None)
+            self._quota_refusals.pop(key, None)
             self.pods.pop(key, None)
             gone = UnknownRunError(f"run {key[0]}/{key[1]} was deleted")
             for _, future in self.waiters.pop(key, []):
@@ -511,6 +536,7 @@ class Controller:
             if pod is not None and PodView.from_pod(pod).terminal:
                 grace = 0
             await self.kube.delete(k.pods_path(namespace, pod_name), grace_seconds=grace)
+            self._mark_deleting(key, pod_name, grace)
         for child in decision.cancel_runs:
             try:
                 await self.kube.merge_patch(
@@ -520,7 +546,7 @@ class Controller:
                 if error.status != 404:
                     raise
         for event in decision.events:
-            if event.type == "Normal" and not self.settings.phase_events:
+            if event.routine and not self.settings.phase_events:
                 continue
             self._spawn(self._post_event(run, event.type, event.reason, event.message))
         if decision.delete_run:
@@ -528,6 +554,22 @@ class Controller:
             return
         if decision.requeue_after is not None:
             self.queue.add_after(key, decision.requeue_after)
+
+    def _mark_deleting(self, key: RunKey, pod_name: str, grace: int) -> None:
+        """Until the pod's own events say so, the cache shows it deleting (as the API
+        server does: its deletionTimestamp is when its grace period ends): the next
+        reconcile must neither delete it again nor take it for gone (and create a pod
+        under its name again).  Its events, all newer, replace this copy."""
+        pod = self.pods[key].get(pod_name)
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            until = datetime.now(UTC) + timedelta(seconds=grace)
+            self.pods[key][pod_name] = {
+                **pod,
+                "metadata": {
+                    **pod["metadata"],
+                    "deletionTimestamp": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            }
 
     async def _create_pod(self, key: RunKey, run: dict[str, Any], decision: Decision) -> bool:
         plan = decision.create_pod
@@ -552,14 +594,16 @@ class Controller:
         except ApiError as error:
             self.metrics.api_errors.labels("create", str(error.status)).inc()
             if error.status == 409 and error.reason == "AlreadyExists":
+                self._quota_refusals.pop(key, None)
                 return True  # created before a restart: the deterministic name makes it one pod
             if error.status == 409 or error.is_quota:
                 # 403: the queue's ResourceQuota, the API server's own ceiling. 409 Conflict:
                 # its quota admission lost a race updating that quota, and made no pod.
                 # Either way: try later, never fail the run.
-                self.queue.add_after(key, QUOTA_RETRY_SECONDS)
+                self.queue.add_after(key, self._quota_retry_in(key))
                 return False
             raise
+        self._quota_refusals.pop(key, None)
         self.on_pod("ADDED", created)
         # A new attempt starts silent: the last attempt's heartbeats say nothing about it.
         self.reports[key].last_heartbeat = None
@@ -569,6 +613,11 @@ class Controller:
                 started = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
                 self.metrics.trigger_to_start.observe((datetime.now(UTC) - started).total_seconds())
         return True
+
+    def _quota_retry_in(self, key: RunKey) -> float:
+        refusals = self._quota_refusals[key] = self._quota_refusals.get(key, 0) + 1
+        first, most = QUOTA_RETRY_SECONDS
+        return float(min(most, first * 2 ** min(refusals - 1, 16)))
 
     async def _write_output_chunk(self, run: dict[str, Any], name: str, chunk: bytes) -> None:
         namespace = run["metadata"]["namespace"]

@@ -10,8 +10,11 @@ One in-memory ``QueueState`` per queue, rebuilt from the API server on start
 crashes or a doubled operator:
 
 * a **Lease** per occupied slot (``<queue>-<n>``, holder = the run's UID),
-  taken by create-if-absent *before* the run is marked Dequeued, so after a
-  restart the holders are known from the API server; and
+  taken *before* the run is marked Dequeued, so after a restart the holders are
+  known from the API server: by create-if-absent, or, while a released slot's
+  Lease still lingers (``LEASE_LINGER_SECONDS``), by a resourceVersion-checked
+  update that hands it to the next run (one write instead of a delete and a
+  create); and
 * a **ResourceQuota** per queue, scoped to the queue's PriorityClass with
   ``pods`` = the limit: the API server itself refuses a pod over the limit,
   whatever any operator believes.  Its 403 means "try later", never failure.
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +51,22 @@ LABEL_QUEUE = "podtask.dev/queue"
 LABEL_HOLDER = "podtask.dev/run-uid"
 HELD_PHASES = (Phase.DEQUEUED.value, Phase.EXECUTING.value)
 STATUS_INTERVAL = 5.0
+LEASE_LINGER_SECONDS = 5.0
+"""How long a released slot's Lease is kept (naming its last holder) before it is
+deleted.  A run admitted to the slot meanwhile takes it over with one update: in a
+busy queue every run costs one Lease write instead of a create and a delete.  A
+restart in between is harmless: the last holder is admitted again at start and its
+first reconcile releases the slot."""
+LEASE_TAKE_ROUNDS = 3
+LEASE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A Lease as this operator last wrote or read it."""
+
+    resource_version: str
+    holder: str
 
 
 def priority_class_name(namespace: str, queue: str) -> str:
@@ -83,6 +103,11 @@ class Dispatcher:
         self.invalid: dict[QueueId, str] = {}
         # Per queue: two workers must not pick the same free slot at once.
         self._locks: dict[QueueId, asyncio.Lock] = {}
+        # Leases by (namespace, name), as last written or listed: a takeover is then
+        # one update guarded by the resourceVersion, with no read first.
+        self.leases: dict[tuple[str, str], LeaseRecord] = {}
+        self._lingering: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ queues
 
@@ -144,36 +169,44 @@ class Dispatcher:
             leases = await self.kube.list(path, labelSelector=LABEL_HOLDER)
             for lease in leases.get("items", []):
                 meta = lease["metadata"]
+                self._note_lease(meta["namespace"], lease)
                 holder = meta.get("labels", {}).get(LABEL_HOLDER, "")
                 slot = meta.get("annotations", {}).get("podtask.dev/slot")
                 if holder and slot is not None:
                     slots[holder] = (meta["name"], int(slot))
+        without_lease: list[tuple[RunKey, dict[str, Any]]] = []
         for key, run in runs.items():
             status = run.get("status") or {}
-            queue = status.get("queue")
-            if not queue:
+            if not status.get("queue"):
                 continue
-            qid = (key[0], queue)
-            uid = run["metadata"]["uid"]
-            # A final run may still hold its Lease while its pod exits; its first
-            # reconcile releases it once the pod has stopped.
-            if status.get("phase") in HELD_PHASES or uid in slots:
-                state = self.state(qid)
-                slot = slots[uid][1] if uid in slots else state.lowest_free_slot()
-                state.admit(
-                    key,
-                    slot,
-                    run.get("spec", {}).get("concurrencyKey"),
-                    0.0,
-                    Usage.of_machine(status.get("machine")),
-                )
-                self.run_queue[key] = qid
-                self.uids[key] = uid
+            # A final run may still hold its Lease while its pod exits (or its released
+            # Lease lingered); its first reconcile releases it.
+            if run["metadata"]["uid"] in slots:
+                self._admit_primed(key, run, slots[run["metadata"]["uid"]][1])
+            elif status.get("phase") in HELD_PHASES:
+                without_lease.append((key, run))
+        # Runs in flight whose Lease is missing take slots no Lease names.
+        for key, run in without_lease:
+            queue = run["status"]["queue"]
+            self._admit_primed(key, run, self.state((key[0], queue)).lowest_free_slot())
         log.info(
             "dispatcher primed: %d queues, %d slots held",
             len(self.states),
             sum(len(s.holders) for s in self.states.values()),
         )
+
+    def _admit_primed(self, key: RunKey, run: dict[str, Any], slot: int) -> None:
+        status = run.get("status") or {}
+        qid = (key[0], status["queue"])
+        self.state(qid).admit(
+            key,
+            slot,
+            run.get("spec", {}).get("concurrencyKey"),
+            0.0,
+            Usage.of_machine(status.get("machine")),
+        )
+        self.run_queue[key] = qid
+        self.uids[key] = run["metadata"]["uid"]
 
     # ------------------------------------------------------------------ admission
 
@@ -204,11 +237,29 @@ class Dispatcher:
                 return False
             await self._ensure_queue(qid, state.limits)
             slot = state.lowest_free_slot()
-            if not await self._take_lease(qid, slot, run):
-                return False
+            # Reserved at once: other workers pick other slots while its Lease is
+            # written, so admissions to one queue do not wait for each other's writes.
             state.admit(key, slot, concurrency_key, now, usage)
             self.uids[key] = run["metadata"]["uid"]
+        try:
+            taken = await self._take_lease(qid, slot, run)
+        except BaseException:
+            self._unreserve(key, qid, run, now)
+            raise
+        if not taken:
+            self._unreserve(key, qid, run, now)
+            # Not woken by a release: look again in a moment.
+            asyncio.get_running_loop().call_later(LEASE_RETRY_SECONDS, self.wake, key)
+            return False
         return True
+
+    def _unreserve(self, key: RunKey, qid: QueueId, run: dict[str, Any], started: float) -> None:
+        """Give back a slot reserved for ``key`` whose Lease could not be taken."""
+        state = self.state(qid)
+        state.release(key, started=started)
+        self.uids.pop(key, None)
+        state.wait(key, _rank(run), run.get("spec", {}).get("concurrencyKey"))
+        self._wake_next(qid, state, besides=key)
 
     async def release(self, key: RunKey, run: dict[str, Any] | None) -> None:
         qid = self.run_queue.pop(key, None)
@@ -218,23 +269,38 @@ class Dispatcher:
         slot = state.release(key)
         uid = self.uids.pop(key, None)
         if slot is not None:
-            await self._drop_lease(qid, slot, uid)
-            for waiting in state.next_in_line(state.free):
+            # No write here: the Lease lingers for the next run (woken now) to take
+            # over, and is deleted only if none does.
+            self._linger(qid, slot, uid)
+            self._wake_next(qid, state)
+
+    def _wake_next(self, qid: QueueId, state: QueueState, besides: RunKey | None = None) -> None:
+        for waiting in state.next_in_line(state.free):
+            if waiting != besides:
                 self.wake(waiting)
-            if self.settings.namespace_concurrency_limit:
-                # A namespace-wide cap may have held back runs of other queues too.
-                for other_qid, other in self.states.items():
-                    if other_qid[0] == qid[0] and other is not state:
-                        for waiting in other.next_in_line(other.free):
-                            self.wake(waiting)
+        if self.settings.namespace_concurrency_limit:
+            # A namespace-wide cap may have held back runs of other queues too.
+            for other_qid, other in self.states.items():
+                if other_qid[0] == qid[0] and other is not state:
+                    for waiting in other.next_in_line(other.free):
+                        self.wake(waiting)
 
     # ------------------------------------------------------------------ durable records
 
+    def _note_lease(self, namespace: str, lease: dict[str, Any]) -> None:
+        self.leases[(namespace, lease["metadata"]["name"])] = LeaseRecord(
+            str(lease["metadata"]["resourceVersion"]),
+            str((lease.get("spec") or {}).get("holderIdentity") or ""),
+        )
+
     async def _take_lease(self, qid: QueueId, slot: int, run: dict[str, Any]) -> bool:
+        """Make ``run`` the holder of the slot's Lease.  The caller has reserved the slot
+        in memory, so whoever the Lease names has let go of it (or is gone)."""
         namespace, queue = qid
         meta = run["metadata"]
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         name = lease_name(queue, slot)
+        self._stop_lingering((namespace, name))
         lease: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -256,39 +322,78 @@ class Dispatcher:
             "spec": {"holderIdentity": meta["uid"], "acquireTime": now},
         }
         path = LEASES.format(namespace=namespace)
-        for _ in range(2):
+        known = self.leases.get((namespace, name))
+        for _ in range(LEASE_TAKE_ROUNDS):
             try:
-                await self.kube.create(path, lease)
+                if known is None:
+                    written = await self.kube.create(path, lease)
+                else:
+                    # Its last holder let go: hand it over, unless it changed since.
+                    lease["metadata"]["resourceVersion"] = known.resource_version
+                    written = await self.kube.request("PUT", f"{path}/{name}", lease)
+                self._note_lease(namespace, written)
                 return True
             except ApiError as error:
-                if error.status != 409:
+                if error.status not in (404, 409):
                     raise
+            # Not as we knew it (created, changed or deleted by someone else): read it.
             try:
                 existing = await self.kube.request("GET", f"{path}/{name}")
             except ApiError as error:
                 if error.status != 404:
                     raise
-                continue  # its holder let go in between: try to create it again
-            holder = existing.get("spec", {}).get("holderIdentity")
-            if holder == meta["uid"]:
+                self.leases.pop((namespace, name), None)
+                lease["metadata"].pop("resourceVersion", None)
+                known = None  # gone (with its holder, or after lingering): create it
+                continue
+            self._note_lease(namespace, existing)
+            known = self.leases[(namespace, name)]
+            if known.holder == meta["uid"]:
                 return True  # ours, taken before a restart
-            if holder in self.uids.values():
-                return False  # a live holder we did not expect: never take its slot
-            # A leftover of a run that no longer holds it: remove exactly that object.
-            await self.kube.delete(f"{path}/{name}", uid=existing["metadata"]["uid"])
         return False
 
-    async def _drop_lease(self, qid: QueueId, slot: int, uid: str | None) -> None:
+    def _linger(self, qid: QueueId, slot: int, holder: str | None) -> None:
+        key = (qid[0], lease_name(qid[1], slot))
+        self._stop_lingering(key)
+
+        def drop() -> None:
+            self._lingering.pop(key, None)
+            task = asyncio.ensure_future(self._drop_lease(qid, slot, holder))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        self._lingering[key] = asyncio.get_running_loop().call_later(LEASE_LINGER_SECONDS, drop)
+
+    def _stop_lingering(self, key: tuple[str, str]) -> None:
+        timer = self._lingering.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _drop_lease(self, qid: QueueId, slot: int, holder: str | None) -> None:
+        """Delete a released slot's Lease that nobody took over while it lingered."""
         namespace, queue = qid
-        path = f"{LEASES.format(namespace=namespace)}/{lease_name(queue, slot)}"
+        name = lease_name(queue, slot)
+        state = self.states.get(qid)
+        if state is not None and slot in state.holders.values():
+            return  # taken again meanwhile
+        known = self.leases.get((namespace, name))
+        if known is None or (holder is not None and known.holder != holder):
+            return  # never written or listed by us, or someone else's now
         try:
-            existing = await self.kube.request("GET", path)
+            # Exactly the version we know: a takeover racing with this delete wins.
+            await self.kube.delete(
+                f"{LEASES.format(namespace=namespace)}/{name}",
+                resource_version=known.resource_version,
+            )
         except ApiError as error:
-            if error.status == 404:
-                return
-            raise
-        if uid is None or existing.get("spec", {}).get("holderIdentity") == uid:
-            await self.kube.delete(path, uid=existing["metadata"]["uid"])
+            if error.status != 409:  # 409: taken over or changed since; not ours to delete
+                log.warning("could not delete lease %s/%s: %s", namespace, name, error)
+            return
+        except Exception:  # a background task: log, and leave the Lease to the next holder
+            log.exception("could not delete lease %s/%s", namespace, name)
+            return
+        if self.leases.get((namespace, name)) is known:
+            del self.leases[(namespace, name)]
 
     async def _ensure_queue(self, qid: QueueId, limits: Limits) -> None:
         """The queue's PriorityClass and ResourceQuota, created or updated once per limit."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import kopf
@@ -71,13 +72,38 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("podtask operator started: run API on %s:%s", config.api_host, config.api_port)
 
 
+class EventsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf builds a diff base, a deep copy of the whole object, on every watch event
+    for change-detecting handlers (on.create/update/field) to compare.  Raw event
+    handlers never read it, so with only those the copy is skipped (in the benchmark's
+    profile it was half of kopf's time per event)."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
+def has_change_handlers(registry: kopf.OperatorRegistry) -> bool:
+    """Whether any on.create/update/delete/field handler is registered (if kopf's
+    registry cannot tell, assume so)."""
+    changing = getattr(registry, "_changing", None)
+    try:
+        return bool(changing.get_all_handlers()) if changing is not None else True
+    except Exception:  # kopf's internals changed: build diff bases as kopf does
+        return True
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """Our own names for everything kopf stores, and quiet, bounded I/O."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+    storage = (
+        kopf.AnnotationsDiffBaseStorage
+        if has_change_handlers(kopf.get_default_registry())
+        else EventsOnlyDiffBase
     )
+    settings.persistence.diffbase_storage = storage(prefix=GROUP, key="last-handled-configuration")
     # Each posted Event is an API write; ours are posted by the controller.
     settings.posting.level = logging.WARNING
     settings.networking.request_timeout = 60

@@ -114,13 +114,20 @@ class Kube:
         return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
 
     async def delete(
-        self, path: str, *, grace_seconds: int | None = None, uid: str | None = None
+        self,
+        path: str,
+        *,
+        grace_seconds: int | None = None,
+        uid: str | None = None,
+        resource_version: str | None = None,
     ) -> None:
+        """DELETE; 404 (already gone) is success.  Preconditions answer 409 when unmet."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
-        if uid:
-            options["preconditions"] = {"uid": uid}
+        preconditions = {"uid": uid, "resourceVersion": resource_version}
+        if any(preconditions.values()):
+            options["preconditions"] = {k: v for k, v in preconditions.items() if v}
         options["propagationPolicy"] = "Background"
         try:
             await self.request("DELETE", path, options)

@@ -209,8 +209,12 @@ class QueueState:
         if self.limits.rate is not None:
             self.starts.append(now)
 
-    def release(self, key: RunKey) -> int | None:
+    def release(self, key: RunKey, started: float | None = None) -> int | None:
+        """Free ``key``'s slot; ``started``: its admission time, when the admission is
+        being taken back (it then no longer counts against the rate limit)."""
         self.holder_keys.pop(key, None)
         self.holder_usage.pop(key, None)
         self.waiting.pop(key, None)
+        if started is not None and started in self.starts:
+            self.starts.remove(started)
         return self.holders.pop(key, None)

@@ -233,11 +233,21 @@ class PodPlan:
     snapshot: TaskSpec
 
 
+ROUTINE_PHASES = frozenset(
+    {Phase.DELAYED, Phase.QUEUED, Phase.DEQUEUED, Phase.EXECUTING, Phase.COMPLETED}
+)
+"""Phases every run passes through: their Events are posted only with the
+``phase_events`` setting (Kubernetes' own controllers post none for routine steps)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     type: str
     reason: str
     message: str
+    routine: bool = False
+    """A phase change on the way every run goes (posted only with ``phase_events``);
+    retries, failures, cancels, waits and resumes are not routine."""
 
 
 @dataclass(slots=True)
@@ -324,11 +334,16 @@ class _Run:
 
     # ------------------------------------------------------------------ helpers
 
-    def set_phase(self, phase: Phase, message: str = "", warning: bool = False) -> None:
+    def set_phase(
+        self, phase: Phase, message: str = "", warning: bool = False, notable: bool = False
+    ) -> None:
         if self.status.phase != phase:
             self.status.phase = phase
+            routine = phase in ROUTINE_PHASES and not warning and not notable
             self.decision.events.append(
-                Event("Warning" if warning else "Normal", phase.value, message or phase.value)
+                Event(
+                    "Warning" if warning else "Normal", phase.value, message or phase.value, routine
+                )
             )
         if phase.is_final:
             self.status.finished_at = self.status.finished_at or self.now
@@ -844,17 +859,17 @@ def _waiting(run: _Run) -> None:
     live = False
     for name, pod in run.facts.pods.items():
         live = live or not pod.terminal
-        if pod.deleting:
-            continue
-        # An ended pod goes at once (mid-wait the run has no pod at all); a live one
-        # gets a moment to exit by itself after checkpointing.
-        if pod.terminal or overdue:
+        # A live pod gets a moment to exit by itself after checkpointing; one that has
+        # stopped holds nothing and is kept (see _finished).
+        if _to_delete(run, pod, stop=overdue):
             run.decision.delete_pods.append(name)
     over, ends_in = wait_over(status.waiting_for, run.facts.children, run.facts.tokens, run.now)
     if live and over:
         # Never two pods of one run: resume once the old one has stopped, and stop it
         # now rather than after the grace (it reported everything it had to).
-        run.decision.delete_pods = [n for n, p in run.facts.pods.items() if not p.deleting]
+        run.decision.delete_pods = [
+            n for n, p in run.facts.pods.items() if _to_delete(run, p, stop=True)
+        ]
         run.decision.wake_in(DELETING_RECHECK)
         return
     if live:
@@ -868,24 +883,37 @@ def _waiting(run: _Run) -> None:
         return
     what = describe_wait(status.waiting_for) if status.waiting_for else "nothing"
     status.waiting_for = None
-    run.set_phase(Phase.QUEUED, f"resumed: {what} is over")
+    run.set_phase(Phase.QUEUED, f"resumed: {what} is over", notable=True)
     _queued(run)
 
 
+def _to_delete(run: _Run, pod: PodView, *, stop: bool) -> bool:
+    """Whether to delete ``pod`` now: a live one when ``stop``; one that has stopped
+    only with the ``delete_finished_pods`` setting."""
+    if pod.deleting:
+        return False  # on its way already: never delete twice
+    return run.settings.delete_finished_pods if pod.terminal else stop
+
+
 def _finished(run: _Run) -> None:
+    """A final run's pods.  Those that have stopped are kept by default: they use no
+    resources, count against no ResourceQuota (so hold no slot), keep ``kubectl logs``
+    working, and go with the run (ownerReference) after ``ttl_after_finished``; deleting
+    each would cost a write per run.  Live ones are stopped, except that a runner which
+    reported its outcome gets a moment to exit by itself."""
     status = run.status
+    finished = status.finished_at or run.now
     last_pod = status.attempts[-1].pod if status.attempts else None
     keep_last = run.settings.keep_failed_pods and status.phase != Phase.COMPLETED
+    reported = status.phase in (Phase.COMPLETED, Phase.FAILED)
+    exiting_for = (run.now - finished).total_seconds()
     for name, pod in run.facts.pods.items():
-        if pod.deleting:
-            continue
         if pod.terminal and keep_last and name == last_pod:
             continue
-        if pod.terminal or status.phase != Phase.COMPLETED:
+        if _to_delete(run, pod, stop=not reported or exiting_for >= CHECKPOINT_EXIT_GRACE):
             run.decision.delete_pods.append(name)
-        else:
-            run.decision.wake_in(DELETING_RECHECK)  # let a finished runner exit by itself
-    finished = status.finished_at or run.now
+        elif not pod.terminal and not pod.deleting:
+            run.decision.wake_in(CHECKPOINT_EXIT_GRACE - exiting_for)
     remaining = (finished - run.now).total_seconds() + run.settings.ttl_after_finished
     if remaining <= 0:
         run.decision.delete_run = True

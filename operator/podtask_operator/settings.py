@@ -43,7 +43,12 @@ class Settings:
     """How long a run waits for its Task to appear before failing (kubectl apply -f dir/
     may create the run before the Task)."""
     infra_retry_limit: int = 5
+    delete_finished_pods: bool = False
+    """Delete an attempt's pod once it has stopped and its run has ended.  Off: such
+    pods are kept (they use no resources, hold no quota, keep ``kubectl logs``) until
+    the run is deleted (``ttl_after_finished``), as the Job controller keeps a Job's."""
     keep_failed_pods: bool = True
+    """With ``delete_finished_pods``: keep the last pod of a run that did not complete."""
     ttl_after_finished: float = 7 * 86400.0
     cancel_grace_seconds: int = 30
     workers: int = 16
@@ -59,9 +64,10 @@ class Settings:
     slot); longer ones checkpoint: the pod exits, the slot is freed, and a new pod
     replays the function when the wait is over.  Waits on children and tokens poll in
     the pod for up to this long before they checkpoint."""
-    phase_events: bool = True
-    """Post a Normal Event on every phase change; off saves ~4 API writes a run
-    (benchmarks). Warning Events (failures) are always posted."""
+    phase_events: bool = False
+    """Also post an Event for every routine phase change (Delayed, Queued, Dequeued,
+    Executing, Completed): ~4 more API writes a run (benchmarks).  Events for retries,
+    failures, cancels, timeouts, waits and resumes are always posted."""
     labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -83,8 +89,9 @@ class Settings:
             start_timeout=_seconds("START_TIMEOUT", "10m"),
             task_grace=_seconds("TASK_GRACE", "10s"),
             infra_retry_limit=int(_env("INFRA_RETRY_LIMIT", str(cls.infra_retry_limit))),
+            delete_finished_pods=_env("DELETE_FINISHED_PODS", "false").lower() == "true",
             keep_failed_pods=_env("KEEP_FAILED_PODS", "true").lower() == "true",
-            phase_events=_env("PHASE_EVENTS", "true").lower() == "true",
+            phase_events=_env("PHASE_EVENTS", "false").lower() == "true",
             ttl_after_finished=_seconds("TTL_AFTER_FINISHED", "7d"),
             cancel_grace_seconds=int(_env("CANCEL_GRACE_SECONDS", "30")),
             workers=int(_env("WORKERS", str(cls.workers))),

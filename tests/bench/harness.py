@@ -76,6 +76,7 @@ CONTROLLER_WRITES = {
     "podtask": {
         "podtask.dev/taskruns/status PATCH",
         "coordination.k8s.io/leases POST",
+        "coordination.k8s.io/leases PUT",
         "coordination.k8s.io/leases DELETE",
         "pods POST",
         "pods DELETE",
@@ -101,7 +102,8 @@ PHASES: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("raw", "raw pod loop", {}),
     ("jobs", "batch/v1 Jobs", {}),
     ("podtask", "podtask TaskRuns", {}),
-    ("podtask", "podtask, no phase Events", {"phase_events": "false"}),
+    # Events for routine phase changes are off by default (settings.phase_events).
+    ("podtask", "podtask, phase Events on", {"phase_events": "true"}),
 )
 
 
@@ -636,14 +638,19 @@ class Bench:
                 )
                 end = max(timeline.done.values())
                 if flavour == "podtask":
-                    # The operator's clean-up (pod deleted, slot released) is part of what a
-                    # run costs: count its writes and CPU too, however late it comes.
+                    # The operator's clean-up (pods stopped, deleted where it deletes them,
+                    # slots released and their Leases deleted) is part of what a run costs:
+                    # count its writes and CPU too, however late it comes.
                     await wait_until(
-                        lambda: len(timeline.pod_deleted) >= cfg.runs,
+                        lambda: len(timeline.pod_stopped) >= cfg.runs,
                         cfg.phase_timeout,
-                        f"the {cfg.runs} pods to be deleted",
+                        f"the {cfg.runs} pods to stop",
                     )
+                    await self._until_no_leases(ns, cfg.phase_timeout)
                     await asyncio.sleep(1.0)
+                # Controllers post Events asynchronously (the Job controller's trail its
+                # Jobs by seconds): count each phase's own, not let them leak into the next.
+                await self._until_events_settle(ns, cfg.phase_timeout)
                 after = parse_request_totals(await self.kube.metrics_text())
                 cpu_after = cpu_by_component(self.state_dir)
                 op_after = usage_of(operator.pid) if operator else None
@@ -682,6 +689,28 @@ class Bench:
             f"outcomes {result.outcomes}"
         )
         return result
+
+    async def _until_events_settle(self, ns: str, within: float, quiet: float = 3.0) -> None:
+        """Until the namespace's Events have not changed for ``quiet`` seconds."""
+        deadline = now() + within
+        path = f"/api/v1/namespaces/{ns}/events"
+        last, since = -1, now()
+        while now() - since < quiet:
+            if now() > deadline:
+                raise TimeoutError(f"timed out after {within:.0f}s waiting for Events in {ns}")
+            count = len((await self.kube.get(path)).get("items") or [])
+            if count != last:
+                last, since = count, now()
+            await asyncio.sleep(0.5)
+
+    async def _until_no_leases(self, ns: str, within: float) -> None:
+        """Until the operator has released every slot of the namespace's queues."""
+        deadline = now() + within
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        while (await self.kube.get(path)).get("items"):
+            if now() > deadline:
+                raise TimeoutError(f"timed out after {within:.0f}s waiting for no Leases in {ns}")
+            await asyncio.sleep(0.5)
 
     async def _apiserver_profile(self, label: str) -> str | None:
         """kube-apiserver's own CPU profile (pprof) over the first seconds of a phase,

@@ -48,8 +48,8 @@ def test_bench_smoke(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -
         assert phase.runs_per_second > 0
         # Every run makes at least its create, the pod's create and binding.
         assert phase.writes_per_run >= 3, phase.writes
-    podtask, quiet = result.throughput[2:]
-    assert quiet.writes.get("events POST", 0) < podtask.writes.get("events POST", 0)
+    podtask, eventful = result.throughput[2:]
+    assert podtask.writes.get("events POST", 0) < eventful.writes.get("events POST", 0)
     assert sorted((lat.flavour, lat.rate, len(lat.samples_ms)) for lat in result.latency) == [
         ("jobs", 5.0, 15),
         ("jobs", 10.0, 30),

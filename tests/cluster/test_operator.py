@@ -73,15 +73,18 @@ def test_kubectl_applied_run_completes_with_output(
     assert status["taskSnapshot"]["entrypoint"] == "examples.tasks.hello:hello_world"
     assert status["attempts"][0]["pod"] == "greet-ada-1"
     assert status["metadata"]["progress"] == 1
-    # The finished pod is cleaned up once its outcome is recorded.
-    wait_for(
-        kube_api,
-        namespace,
-        "greet-ada",
-        lambda _: not pods_of(kube_api, namespace),
-        30,
-        "pod removal",
-    )
+    # The finished pod is kept for `kubectl logs` (stopped, it holds no slot), and the
+    # slot's Lease is deleted once no other run has taken it over.
+    leases = client.CoordinationV1Api(kube_api)
+
+    def settled(_: dict[str, Any]) -> bool:
+        pods = pods_of(kube_api, namespace)
+        held = leases.list_namespaced_lease(namespace, label_selector="podtask.dev/run-uid")
+        return [(p.metadata.name, p.status.phase) for p in pods] == [
+            ("greet-ada-1", "Succeeded")
+        ] and not held.items
+
+    wait_for(kube_api, namespace, "greet-ada", settled, 30, "the pod kept, the Lease released")
 
 
 def test_large_output_goes_to_secrets_and_reads_back_exactly(

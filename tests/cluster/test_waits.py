@@ -103,6 +103,13 @@ def pods_of_run(api: ApiClient, namespace: str, run: str) -> list[Any]:
     return list(pods.items)
 
 
+def live_pods_of_run(api: ApiClient, namespace: str, run: str) -> list[Any]:
+    """The run's pods that have not stopped (stopped ones are kept for their logs)."""
+    return [
+        p for p in pods_of_run(api, namespace, run) if p.status.phase not in ("Succeeded", "Failed")
+    ]
+
+
 def completed(api: ApiClient, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:
     run = wait_final(api, namespace, name, timeout)
     assert phase_of(run) == "Completed", run.get("status")
@@ -185,11 +192,11 @@ def test_a_long_wait_frees_the_pod_and_the_slot_then_resumes(
     status = waiting["status"]
     assert status["waitingFor"]["kind"] == "Duration" and status["waitingFor"]["until"]
     assert status["waitingFor"]["since"]
-    # Mid-wait: no pod for the run at all...
+    # Mid-wait: no live pod for the run at all...
     deadline = time.monotonic() + 6
-    while pods_of_run(kube_api, namespace, name) and time.monotonic() < deadline:
+    while live_pods_of_run(kube_api, namespace, name) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert pods_of_run(kube_api, namespace, name) == []
+    assert live_pods_of_run(kube_api, namespace, name) == []
     assert phase_of(get_run(kube_api, namespace, name)) == "Waiting"
     # ...and its slot of the limit-1 queue runs another run to completion meanwhile.
     other = create_run(kube_api, namespace, "hello.world", {"name": "slot"})
@@ -244,11 +251,11 @@ def test_a_token_completed_from_the_cli_after_the_pod_exited_resumes_the_run(
         name,
         lambda r: (
             phase_of(r) == "Waiting"
-            and not pods_of_run(kube_api, namespace, name)
+            and not live_pods_of_run(kube_api, namespace, name)
             and bool((r["status"].get("metadata") or {}).get("token"))
         ),
         timeout=60,
-        what="Waiting with its pod gone",
+        what="Waiting with its pod stopped",
     )
     token = run["status"]["metadata"]["token"]
     waiting_for = run["status"]["waitingFor"]

@@ -41,7 +41,9 @@ DEFAULT_ENV = {
     "PODTASK_START_TIMEOUT": "10m",
     "PODTASK_TASK_GRACE": "10s",
     "PODTASK_INFRA_RETRY_LIMIT": "5",
+    "PODTASK_DELETE_FINISHED_PODS": "false",
     "PODTASK_KEEP_FAILED_PODS": "true",
+    "PODTASK_PHASE_EVENTS": "false",
     "PODTASK_TTL_AFTER_FINISHED": "7d",
     "PODTASK_CANCEL_GRACE_SECONDS": "30",
     "PODTASK_WORKERS": "16",
@@ -293,7 +295,9 @@ def test_custom_settings(render: Render) -> None:
         "heartbeatInterval": "5s",
         "taskGrace": "1m30s",
         "infraRetryLimit": 2,
+        "deleteFinishedPods": True,
         "keepFailedPods": False,
+        "phaseEvents": True,
         "ttlAfterFinished": "1d",
         "cancelGraceSeconds": 5,
         "workers": 64,
@@ -320,7 +324,9 @@ def test_custom_settings(render: Render) -> None:
     assert env["PODTASK_HEARTBEAT_INTERVAL"] == "5s"
     assert env["PODTASK_TASK_GRACE"] == "1m30s"
     assert env["PODTASK_INFRA_RETRY_LIMIT"] == "2"
+    assert env["PODTASK_DELETE_FINISHED_PODS"] == "true"
     assert env["PODTASK_KEEP_FAILED_PODS"] == "false"
+    assert env["PODTASK_PHASE_EVENTS"] == "true"
     assert env["PODTASK_TTL_AFTER_FINISHED"] == "1d"
     assert env["PODTASK_CANCEL_GRACE_SECONDS"] == "5"
     assert env["PODTASK_WORKERS"] == "64"

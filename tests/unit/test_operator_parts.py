@@ -483,6 +483,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PODTASK_TASK_GRACE", "500ms")
     monkeypatch.setenv("PODTASK_INFRA_RETRY_LIMIT", "2")
     monkeypatch.setenv("PODTASK_KEEP_FAILED_PODS", "False")
+    monkeypatch.setenv("PODTASK_DELETE_FINISHED_PODS", "true")
+    monkeypatch.setenv("PODTASK_PHASE_EVENTS", "TRUE")
     monkeypatch.setenv("PODTASK_RUN_API_KEY", "k")
     monkeypatch.setenv("PODTASK_RUN_AS_USER", "1001")
     config = Settings.from_env()
@@ -491,6 +493,7 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.task_grace == 0.5
     assert config.infra_retry_limit == 2
     assert config.keep_failed_pods is False
+    assert config.delete_finished_pods is True and config.phase_events is True
     assert config.run_api_key == b"k"
     assert config.run_as_user == 1001
 
@@ -505,3 +508,5 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.ttl_after_finished == 7 * 86400
     assert config.output_inline_limit == 256 * 1024
     assert config.run_api_key is None
+    # Kept pods and notable-only Events: the fewest API writes per run (docs/operations.md).
+    assert config.delete_finished_pods is False and config.phase_events is False

@@ -7,6 +7,7 @@ so later steps read exactly what the operator would read after a restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +17,13 @@ from podtask import outputs
 from podtask.api.v1alpha1 import Phase, RunError
 from podtask.protocol import EXIT_CANCELED, Completion, Failure, TerminationReport
 from podtask_operator import backoff, naming, runstate
-from podtask_operator.runstate import DEADLINE_SLACK, DELETING_RECHECK, PodView, Reports
+from podtask_operator.runstate import (
+    CHECKPOINT_EXIT_GRACE,
+    DEADLINE_SLACK,
+    DELETING_RECHECK,
+    PodView,
+    Reports,
+)
 from podtask_operator.settings import Settings
 from tests.unit.runbuilder import (
     RUN,
@@ -373,11 +380,12 @@ def test_completion_stores_small_output_inline() -> None:
     # keeps the slot (a pod still running counts against the queue and its quota)
     assert decision.holds_slot and not decision.wants_slot
     assert decision.delete_pods == []
-    assert decision.requeue_after == pytest.approx(DELETING_RECHECK)
+    assert decision.requeue_after == pytest.approx(CHECKPOINT_EXIT_GRACE)
 
     run.advance(1).pod_ends(pod, 0)
     decision = run.step()
-    assert decision.delete_pods == [pod] and decision.status_patch == {}
+    # stopped: it holds nothing, and is kept for its logs until the run is deleted
+    assert decision.delete_pods == [] and decision.status_patch == {}
     assert not decision.holds_slot
 
 
@@ -1020,6 +1028,45 @@ def test_run_max_duration_overrides_the_tasks_for_the_safety_net() -> None:
     assert run.phase == "TimedOut"
 
 
+# --------------------------------------------------------------------------- Events
+
+
+def routine(builder: RunBuilder) -> list[tuple[str, bool]]:
+    assert builder.last is not None
+    return [(event.reason, event.routine) for event in builder.last.events]
+
+
+def test_only_the_steps_every_run_takes_are_routine_events() -> None:
+    run = RunBuilder(delay="1m")
+    run.step()
+    assert routine(run) == [("Delayed", True)]
+    run.at(61).step(slot=True)
+    assert routine(run) == [("Queued", True), ("Dequeued", True)]
+    run.executing()
+    assert routine(run) == [("Executing", True)]
+    run.fails()
+    assert routine(run) == [("Retrying", False)]  # retries are worth an Event
+    run.retry_now().executing()
+    run.completes("ok")
+    assert routine(run) == [("Completed", True)]
+
+
+@pytest.mark.parametrize(
+    ("end", "reason"),
+    [
+        (lambda r: r.cancel().advance(1).step(), "Canceled"),
+        (lambda r: r.at(10_000).step(), "Crashed"),  # heartbeat lost
+        (lambda r: r.step(failure=failure(1, skip=True)), "Failed"),
+    ],
+)
+def test_endings_other_than_completed_are_never_routine(
+    end: Callable[[RunBuilder], Any], reason: str
+) -> None:
+    run = RunBuilder().executing()
+    end(run)
+    assert routine(run) == [(reason, False)]
+
+
 # --------------------------------------------------------------------------- cancel
 
 
@@ -1081,8 +1128,44 @@ def test_cancel_during_a_retry_backoff() -> None:
 # --------------------------------------------------------------------------- final runs
 
 
-def test_completed_run_deletes_all_its_ended_pods() -> None:
-    run = RunBuilder(settings=Settings(keep_failed_pods=True)).executing()
+def test_a_finished_runs_stopped_pods_are_kept_by_default() -> None:
+    run = RunBuilder().executing()
+    run.fails()
+    run.retry_now().executing()
+    decision = run.completes("ok")
+    assert decision.delete_pods == []  # run-1-1 stopped: kept; run-1-2 still exiting
+    run.advance(1).pod_ends(f"{RUN}-2", 0)
+    decision = run.step()
+    assert decision.delete_pods == [] and not decision.holds_slot
+    assert decision.requeue_after == pytest.approx(Settings().ttl_after_finished - 1)
+
+
+def test_a_runner_that_does_not_exit_after_reporting_is_stopped() -> None:
+    run = RunBuilder().executing()
+    pod = run.current_pod
+    run.completes("ok")
+    decision = run.advance(CHECKPOINT_EXIT_GRACE - 1).step()
+    assert decision.delete_pods == [] and decision.holds_slot
+    assert decision.requeue_after == pytest.approx(1)
+    decision = run.advance(1).step()
+    assert decision.delete_pods == [pod] and decision.holds_slot  # until it has stopped
+    assert run.pods[pod].deleting
+    assert run.advance(1).step().delete_pods == []  # never twice
+
+
+def test_a_failed_runs_live_pod_may_exit_by_itself_and_keep_its_logs() -> None:
+    run = RunBuilder(maxAttempts=1).executing()
+    pod = run.current_pod
+    decision = run.step(failure=failure(1))
+    assert run.phase == "Failed"
+    assert decision.delete_pods == [] and decision.holds_slot
+    run.advance(1).pod_ends(pod, 0)
+    decision = run.step()
+    assert decision.delete_pods == [] and not decision.holds_slot
+
+
+def test_completed_run_deletes_all_its_ended_pods_when_configured() -> None:
+    run = RunBuilder(settings=Settings(delete_finished_pods=True)).executing()
     run.fails()
     run.retry_now().executing()
     decision = run.completes("ok")
@@ -1094,7 +1177,8 @@ def test_completed_run_deletes_all_its_ended_pods() -> None:
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_failed_run_keeps_only_its_last_pod_when_configured(keep: bool) -> None:
-    run = RunBuilder(settings=Settings(keep_failed_pods=keep)).executing()
+    settings = Settings(delete_finished_pods=True, keep_failed_pods=keep)
+    run = RunBuilder(settings=settings).executing()
     run.fails()
     run.retry_now().executing()
     run.advance(1).pod_ends(f"{RUN}-2", 1)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from podtask.api.v1alpha1 import FINAL_PHASES, Attempt, Phase, RunError, TaskRunStatus
 from podtask.protocol import EXIT_CANCELED
 from podtask_operator import naming
-from podtask_operator.runstate import Decision, PodView, Reports
+from podtask_operator.runstate import CHECKPOINT_EXIT_GRACE, Decision, PodView, Reports
 from podtask_operator.settings import Settings
 from tests.unit.runbuilder import RUN, T0, RunBuilder, at, completion, failure, make_task
 
@@ -227,6 +227,7 @@ def final_statuses(draw: st.DrawFn) -> dict[str, Any]:
     now=st.floats(0, 30 * 86400),
     slot=st.booleans(),
     keep=st.booleans(),
+    delete_finished=st.booleans(),
     restarted=st.booleans(),
 )
 def test_a_final_phase_never_changes(
@@ -238,9 +239,13 @@ def test_a_final_phase_never_changes(
     now: float,
     slot: bool,
     keep: bool,
+    delete_finished: bool,
     restarted: bool,
 ) -> None:
-    run = RunBuilder(settings=Settings(keep_failed_pods=keep, ttl_after_finished=86400), **spec)
+    settings_ = Settings(
+        keep_failed_pods=keep, delete_finished_pods=delete_finished, ttl_after_finished=86400
+    )
+    run = RunBuilder(settings=settings_, **spec)
     run.run["status"] = status
     if not task_present:
         run.without_task()
@@ -260,15 +265,20 @@ def test_a_final_phase_never_changes(
     deleted = set(decision.delete_pods)
     assert len(deleted) == len(decision.delete_pods) and deleted <= set(pods)
     last_pod = status["attempts"][-1]["pod"] if status.get("attempts") else None
+    reported = status["phase"] in ("Completed", "Failed")
     for name, pod in pods.items():
         if pod.deleting:
-            assert name not in deleted  # already on its way
-        elif status["phase"] == "Completed":
-            assert (name in deleted) == pod.terminal  # a runner still exiting is left be
-        elif keep and pod.terminal and name == last_pod:
-            assert name not in deleted  # kept for its logs
+            assert name not in deleted  # already on its way: never deleted twice
+        elif pod.terminal:
+            # Stopped pods are kept (logs; they hold nothing) unless configured otherwise,
+            # and then the last pod of a run that did not complete is kept when asked.
+            kept_for_logs = keep and status["phase"] != "Completed" and name == last_pod
+            assert (name in deleted) == (delete_finished and not kept_for_logs)
+        elif reported:
+            # A runner that reported exits by itself; stopped only if it has not by then.
+            assert (name in deleted) == (now >= 100 + CHECKPOINT_EXIT_GRACE)
         else:
-            assert name in deleted
+            assert name in deleted  # canceled, timed out, crashed: stopped at once
     assert decision.delete_run == (now >= 100 + 86400)
 
 

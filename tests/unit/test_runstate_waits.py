@@ -81,7 +81,7 @@ def test_checkpoint_makes_the_run_wait_and_records_the_journal() -> None:
     attempt = run.attempts[-1]
     assert attempt["reason"] == runstate.CHECKPOINTED and attempt["finishedAt"] == iso(run.now)
     assert attempt["counted"] is True and status["attempt"] == 1
-    assert kinds(run) == ["Waiting"]
+    assert kinds(run) == ["Waiting"] and not decision.events[0].routine
     assert f"child run {CHILD}" in decision.events[0].message
     # The pod is still exiting: it keeps its slot (and its quota) until it has stopped.
     assert decision.holds_slot and not decision.wants_slot
@@ -92,7 +92,7 @@ def test_checkpoint_makes_the_run_wait_and_records_the_journal() -> None:
     decision = run.step()
     assert run.phase == "Waiting" and decision.status_patch == {}
     assert not decision.holds_slot, "a waiting run whose pod has stopped holds no slot"
-    assert decision.delete_pods == [pod], "mid-wait the run has no pod at all"
+    assert decision.delete_pods == [], "a stopped pod is kept (its logs), holding nothing"
     assert decision.requeue_after == pytest.approx(WAITING_RECHECK)
 
 
@@ -137,6 +137,7 @@ def test_a_duration_wait_resumes_the_same_attempt_in_a_new_pod_when_it_ends() ->
     assert run.phase == "Queued" and decision.wants_slot
     assert "waitingFor" not in run.status
     assert kinds(run) == ["Queued"] and "resumed" in decision.events[0].message
+    assert not decision.events[0].routine, "a resume is posted as an Event, as the wait was"
 
     decision = run.step(slot=True)
     assert run.phase == "Dequeued"

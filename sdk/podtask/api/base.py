@@ -107,6 +107,10 @@ class Model(BaseModel):
 
     @model_validator(mode="after")
     def _check_cross_field_rules(self) -> Self:
+        if not (self.__exclusive__ or self.__exactly_one__):
+            # Most models declare no groups; this runs for every model validated (the
+            # operator validates each run's status on every reconcile).
+            return self
         by_wire = {self._wire_name(f): f for f in type(self).model_fields}
         for names, comparison, message in self._rule_groups():
             count = sum(getattr(self, by_wire[name]) is not None for name in names)
