@@ -435,6 +435,9 @@ class Controller:
             tokens=tokens,
         )
         decision = decide(facts, self.settings, self.rng)
+        if decision.confirm_pods and await self._refresh_pods(key):
+            self.queue.add(key)  # the cache was stale: decide again on what is there
+            return
         if (
             decision.wants_slot
             and decision.queue
@@ -456,6 +459,23 @@ class Controller:
         self._resolve_waiters(key, {id(report) for report in written if report is not None})
         if not decision.holds_slot and not decision.wants_slot:
             await self.admission.release(key, run)
+
+    async def _refresh_pods(self, key: RunKey) -> bool:
+        """Re-read the run's cached pods; whether any was not as cached (gone or newer)."""
+        changed = False
+        for name, cached in list(self.pods[key].items()):
+            try:
+                fresh = await self.kube.request("GET", k.pods_path(key[0], name))
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+                self.pods[key].pop(name, None)
+                changed = True
+                continue
+            if not _same_version(cached, fresh):
+                self.on_pod("MODIFIED", fresh)
+                changed = True
+        return changed
 
     def _wait_facts(
         self, namespace: str, run: dict[str, Any], reports: Reports

@@ -273,6 +273,10 @@ class Decision:
     """The run's queue as of this decision (a new run gets it in this very decision)."""
     holds_slot: bool = False
     """The run occupies a queue slot after this decision (Dequeued/Executing)."""
+    confirm_pods: bool = False
+    """The decision gives up on a pod that went silent: the controller first re-reads the
+    run's pods from the API server, since a watch that broke (an API server restart) never
+    reports a pod deleted meanwhile, and decides again if they were not as cached."""
 
     def wake_in(self, seconds: float) -> None:
         seconds = max(seconds, 0.05)
@@ -688,6 +692,7 @@ def _watch_start(run: _Run, attempt: Attempt, pod: PodView) -> None:
     if run.now <= give_up_at:
         run.decision.wake_in((give_up_at - run.now).total_seconds() + 1)
         return
+    run.decision.confirm_pods = True
     run.decision.delete_pods.append(pod.name)
     why = pod.waiting or f"pod phase {pod.phase}"
     _infra_failure(run, f"pod {pod.name} did not start within {format_duration(timeout)} ({why})")
@@ -701,6 +706,7 @@ def _watch_liveness(run: _Run, attempt: Attempt, pod: PodView) -> None:
     since = max(candidates, default=run.now)
     silent = (run.now - since).total_seconds()
     if silent > settings.heartbeat_timeout:
+        run.decision.confirm_pods = True
         run.end_attempt(reason="HeartbeatTimeout", message=f"no heartbeat for {silent:.0f}s")
         run.fail(Phase.CRASHED, HEARTBEAT_TIMEOUT, f"no heartbeat for {silent:.0f}s")
         return

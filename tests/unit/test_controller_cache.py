@@ -163,3 +163,45 @@ async def test_a_pod_the_quota_refused_is_tried_again_soon_then_less_often() -> 
     kube.refuse = quota
     assert not await made._create_pod(KEY, run(), decision)
     assert made.queue._timers[KEY].when() - loop.time() <= 0.1, "a created pod starts afresh"
+
+
+class GettingKube(RecordingKube):
+    """Answers GETs of pods from ``pods`` (absent: 404), as the API server would."""
+
+    def __init__(self, pods: dict[str, dict[str, Any]]) -> None:
+        super().__init__()
+        self.pods = pods
+
+    async def request(self, method: str, path: str, *_: Any, **__: Any) -> dict[str, Any]:
+        self.calls.append((method, path))
+        name = path.rsplit("/", 1)[-1]
+        if name not in self.pods:
+            raise ApiError(404, {"reason": "NotFound", "message": f"pods {name!r} not found"})
+        return self.pods[name]
+
+
+def test_a_pod_gone_while_the_watch_was_down_is_dropped_before_giving_up_on_it() -> None:
+    # The API server restarted while the pod was deleted: the watch never said DELETED.
+    made, _ = controller()
+    kube = GettingKube({})
+    made.kube = kube  # type: ignore[assignment]
+    made.on_pod("ADDED", pod(1))
+    assert asyncio.run(made._refresh_pods(KEY)) is True
+    assert made.pods[KEY] == {}
+    assert ("GET", f"/api/v1/namespaces/{NS}/pods/{RUN}-1") in kube.calls
+
+
+def test_a_pod_as_cached_is_confirmed() -> None:
+    made, _ = controller()
+    made.kube = GettingKube({f"{RUN}-1": pod(1)})  # type: ignore[assignment]
+    made.on_pod("ADDED", pod(1))
+    assert asyncio.run(made._refresh_pods(KEY)) is False
+    assert f"{RUN}-1" in made.pods[KEY]
+
+
+def test_a_newer_pod_replaces_the_cached_one() -> None:
+    made, _ = controller()
+    made.kube = GettingKube({f"{RUN}-1": pod(2, "Failed")})  # type: ignore[assignment]
+    made.on_pod("ADDED", pod(1))
+    assert asyncio.run(made._refresh_pods(KEY)) is True
+    assert PodView.from_pod(made.pods[KEY][f"{RUN}-1"]).terminal

@@ -818,6 +818,15 @@ def test_a_pod_stuck_deleting_on_a_lost_node_does_not_block_the_rerun() -> None:
     assert decision.create_pod is not None and run.phase == "Dequeued"
 
 
+def test_giving_up_on_a_silent_pod_asks_for_the_pods_to_be_confirmed() -> None:
+    run = RunBuilder().executing()
+    run.advance(60)
+    assert not run.step().confirm_pods
+    run.advance(Settings().heartbeat_timeout)
+    decision = run.step()
+    assert decision.confirm_pods and run.phase == "Crashed"
+
+
 def test_an_unschedulable_pod_says_why_it_waits() -> None:
     pod = {
         "metadata": {"name": "p"},
