@@ -681,14 +681,14 @@ def _watch_start(run: _Run, attempt: Attempt, pod: PodView) -> None:
     slot back after ``start_timeout`` and the attempt is re-run; after too many such
     failures the run ends SystemFailure, saying why the pods waited."""
     started = run.facts.operator_started
+    timeout = run.settings.start_timeout
     since = attempt.dequeued_at or started or run.now
-    give_up_at = since + timedelta(seconds=run.settings.start_timeout)
+    give_up_at = since + timedelta(seconds=timeout)
     if pod.running and started:
         # A restarted operator has forgotten that the runner called in (if it did); a
         # live runner heartbeats within an interval, which moves the run to Executing.
         heard_by = started + timedelta(seconds=2 * run.settings.heartbeat_interval)
         give_up_at = max(give_up_at, heard_by)
-    timeout = run.settings.start_timeout
     if run.now <= give_up_at:
         run.decision.wake_in((give_up_at - run.now).total_seconds() + 1)
         return
